@@ -1,0 +1,15 @@
+"""ImageNet backbones (ResNet, ResNeXt, MobileNetV2) with SE, CBAM, ECA, SRM or SimAM attention.
+
+    >>> import networks
+    >>> model = networks.create_net("resnet50", "simam", 0.1)
+"""
+
+from .archs import ARCHS, ArchSpec, create_net
+from .attentions import ATTENTIONS, AttentionSpec, SimAM, create_attn, simam
+from .complexity import Complexity, complexity, measure_complexity
+from .weights import from_torchvision, read_state_dict, strip_prefix
+
+__all__ = [
+    "ARCHS", "ATTENTIONS", "ArchSpec", "AttentionSpec", "Complexity", "SimAM", "complexity", "create_attn",
+    "create_net", "from_torchvision", "measure_complexity", "read_state_dict", "simam", "strip_prefix",
+]

@@ -1,0 +1,23 @@
+"""ResNet / ResNeXt for ImageNet. torchvision's layout is the release's, so its builders are used as is."""
+
+from __future__ import annotations
+
+from torch import nn
+from torchvision.models import resnet as tv_resnet
+
+resnet18 = tv_resnet.resnet18
+resnet34 = tv_resnet.resnet34
+resnet50 = tv_resnet.resnet50
+resnet101 = tv_resnet.resnet101
+resnet152 = tv_resnet.resnet152
+resnext50_32x4d = tv_resnet.resnext50_32x4d
+
+
+def init_like_resnet(module: nn.Module) -> None:
+    """The ResNet init rule (release and torchvision): Kaiming-normal fan-out convs, BN weight 1, bias 0."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)

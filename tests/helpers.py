@@ -14,3 +14,32 @@ def randomize_bn_statistics(model: torch.nn.Module) -> torch.nn.Module:
                 m.running_mean.uniform_(-0.2, 0.2)
                 m.running_var.uniform_(0.5, 1.5)
     return model
+
+
+# Small images so that training tests take seconds on a CPU.
+TINY = ["--train-crop-size", "32", "--val-resize-size", "36", "--val-crop-size", "32", "--no-progress"]
+
+
+def train_argv(data, ckpt, *extra, arch="resnet18", attention="simam", epochs=1, batch=16, workers=0, seed=0):
+    """Command-line arguments of a tiny training run."""
+    return [str(data), "-a", arch, "--attention_type", attention, "--epochs", str(epochs), "-b", str(batch),
+            "-j", str(workers), "--seed", str(seed), "--ckpt", str(ckpt), *TINY, *map(str, extra)]
+
+
+def direct_accuracy(model, val_dir, resize=36, crop=32):
+    """Top-1 / top-5 (percent) and image count of ``model`` on an ImageFolder, computed without the project's
+    data or evaluation code: torchvision's transforms and a plain loop."""
+    from torchvision import datasets, transforms
+
+    tf = transforms.Compose([transforms.Resize(resize), transforms.CenterCrop(crop), transforms.ToTensor(),
+                             transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    dataset = datasets.ImageFolder(str(val_dir), tf)
+    model.eval()
+    top1 = top5 = 0
+    with torch.no_grad():
+        for image, label in dataset:
+            logits = model(image[None])[0]
+            ranked = logits.argsort(descending=True).tolist()
+            top1 += ranked[0] == label
+            top5 += label in ranked[:5]
+    return 100.0 * top1 / len(dataset), 100.0 * top5 / len(dataset), len(dataset)

@@ -1,0 +1,157 @@
+"""Checkpoint files: atomic writes, safe reads, exact-resume state and strict loading with a diagnosis."""
+
+from __future__ import annotations
+
+import functools
+import os
+import random
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+import networks
+
+from .errors import UserError
+
+LATEST = "checkpoint.pth.tar"
+BEST = "model_best.pth.tar"
+
+
+def atomic_save(obj: Any, path: str) -> None:
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
+
+    A crash at any point leaves either the old file or the new one, never a partial file.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def resolve_path(path: str) -> str:
+    """``--resume`` may name a file or a run folder (then its latest checkpoint)."""
+    return os.path.join(path, LATEST) if os.path.isdir(path) else path
+
+
+def read_checkpoint(path: str) -> Any:
+    """Load a checkpoint file with ``weights_only=True``; unusable files are a one-line ``UserError``."""
+    try:
+        return networks.load_checkpoint_file(path)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+
+
+def weights_of(checkpoint: Any, path: str) -> dict[str, torch.Tensor]:
+    try:
+        return networks.state_dict_of(checkpoint, path)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+
+
+def capture_rng() -> dict[str, Any]:
+    """Every RNG a training process draws from, in a form ``weights_only`` loading accepts."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    states = {
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng(states: Mapping[str, Any]) -> None:
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+@functools.lru_cache(maxsize=None)
+def _layout(arch: str, attention_type: str) -> dict[str, tuple[int, ...]]:
+    with torch.device("meta"):
+        model = networks.create_net(arch, attention_type)
+    return {key: tuple(value.shape) for key, value in model.state_dict().items()}
+
+
+def identify_layouts(state_dict: Mapping[str, torch.Tensor]) -> list[tuple[str, str]]:
+    """The (arch, attention) pairs whose keys and shapes match ``state_dict`` (the class count aside)."""
+    found = {key: tuple(value.shape) for key, value in state_dict.items()}
+    matches = []
+    for arch in networks.ARCHS:
+        for attention in networks.ATTENTIONS:
+            layout = _layout(arch, attention)
+            if layout.keys() == found.keys() and all(
+                    layout[k][1:] == found[k][1:] if k.startswith(("fc.", "classifier.")) else layout[k] == found[k]
+                    for k in layout):
+                matches.append((arch, attention))
+    return matches
+
+
+def _short(keys: list[str], limit: int = 4) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], path: str, arch: str,
+                 attention_type: str, num_classes: int) -> None:
+    """``model.load_state_dict(state_dict, strict=True)``; on a mismatch, a ``UserError`` listing the
+    missing/unexpected keys and the likely cause (other arch, other attention or other class count)."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    reshaped = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(expected[k].shape)}" for k in expected
+                if k in state_dict and state_dict[k].shape != expected[k].shape]
+    if not (missing or unexpected or reshaped):
+        model.load_state_dict(state_dict, strict=True)
+        return
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_short(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_short(unexpected)}")
+    if reshaped:
+        problems.append(f"shape mismatch (checkpoint vs model): {_short(reshaped, 2)}")
+    raise UserError(f"{path} does not fit {arch} + {attention_type} with {num_classes} classes: "
+                    + "; ".join(problems) + f"; likely cause: {likely_cause(state_dict, arch, attention_type, num_classes)}")
+
+
+def classifier_classes(state_dict: Mapping[str, torch.Tensor]) -> int | None:
+    for key in ("fc.weight", "classifier.0.weight"):
+        if key in state_dict:
+            return int(state_dict[key].shape[0])
+    return None
+
+
+def likely_cause(state_dict: Mapping[str, torch.Tensor], arch: str, attention_type: str, num_classes: int) -> str:
+    matches = identify_layouts(state_dict)
+    if (arch, attention_type) in matches:
+        return (f"the checkpoint has {classifier_classes(state_dict)} classes but the data has {num_classes} "
+                "(evaluate on the dataset it was trained on)")
+    if matches:
+        found = " or ".join(f"-a {a} --attention_type {t}" for a, t in matches)
+        return f"the checkpoint is a different network: it fits {found}"
+    if any(k.startswith(("fc.", "classifier.")) for k in state_dict) and all(
+            not k.startswith("module.") for k in state_dict):
+        return ("the attention parameter (e.g. the SE/CBAM reduction ratio) differs from the checkpoint's, "
+                "or it comes from another code base")
+    return "the file is not a checkpoint of this code base's networks"

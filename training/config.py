@@ -1,0 +1,63 @@
+"""YAML recipes: a file sets parser defaults, command-line flags override it, the result is saved."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any, Sequence
+
+import yaml
+
+from .errors import UserError
+
+# Fields of ``args`` that describe the runtime, not the recipe: never written to config.yaml.
+RUNTIME_FIELDS = ("config",)
+
+
+def read_config(path: str) -> dict[str, Any]:
+    """Read a YAML recipe: a flat mapping of option names (``weight_decay`` or ``weight-decay``) to values."""
+    try:
+        with open(path) as f:
+            recipe = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise UserError(f"config file not found: {path}") from None
+    except yaml.YAMLError as error:
+        raise UserError(f"config file {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    if recipe is None:
+        return {}
+    if not isinstance(recipe, dict):
+        raise UserError(f"config file {path} must be a mapping of option names to values")
+    return {str(key).replace("-", "_"): value for key, value in recipe.items()}
+
+
+def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse ``argv``; values from ``--config FILE`` replace the parser's defaults, explicit flags win."""
+    args = parser.parse_args(argv)
+    if getattr(args, "config", None):
+        apply_config(parser, read_config(args.config), args.config)
+        args = parser.parse_args(argv)
+    return args
+
+
+def apply_config(parser: argparse.ArgumentParser, recipe: dict[str, Any], source: str) -> None:
+    """Make ``recipe`` the parser's defaults; an unknown key is an error naming the valid ones."""
+    known = {action.dest for action in parser._actions if action.dest != "help"}
+    unknown = sorted(set(recipe) - known)
+    if unknown:
+        raise UserError(f"config file {source}: unknown option(s) {', '.join(unknown)}; "
+                        f"valid: {', '.join(sorted(known - set(RUNTIME_FIELDS)))}")
+    parser.set_defaults(**recipe)
+
+
+def recipe_of(args: argparse.Namespace) -> dict[str, Any]:
+    """The effective options as plain YAML-able values."""
+    return {key: value for key, value in sorted(vars(args).items())
+            if key not in RUNTIME_FIELDS and isinstance(value, (str, int, float, bool, type(None), list))}
+
+
+def save_config(args: argparse.Namespace, path: str) -> None:
+    """Write the effective options to ``path`` (loadable again with ``--config``)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        yaml.safe_dump(recipe_of(args), f, sort_keys=True)
+    os.replace(tmp, path)

@@ -1,0 +1,108 @@
+"""Devices and process groups: one process per GPU (spawned or torchrun), gloo on CPU."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from .errors import UserError
+
+
+@dataclass
+class Context:
+    """Where this process runs and its place in the job."""
+
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_world_size: int = 1
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1 or dist.is_initialized()
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def launched_by_torchrun() -> bool:
+    return all(name in os.environ for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+
+
+def parse_gpus(spec: str | None) -> list[torch.device]:
+    """Devices for ``--gpu``: ``"0,1,2,3"`` -> those GPUs; ``"cpu"`` -> CPU; ``None`` -> GPU 0 if any, else CPU."""
+    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if spec is None:
+        return [torch.device("cuda", 0) if available else torch.device("cpu")]
+    if spec.strip().lower() == "cpu":
+        return [torch.device("cpu")]
+    try:
+        ids = [int(part) for part in spec.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"--gpu takes comma-separated GPU ids such as 0,1,2,3 (or 'cpu'), got {spec!r}") from None
+    if not ids or len(set(ids)) != len(ids) or min(ids) < 0:
+        raise UserError(f"--gpu takes distinct non-negative GPU ids such as 0,1,2,3, got {spec!r}")
+    missing = [i for i in ids if i >= available]
+    if missing:
+        seen = f"GPUs 0-{available - 1}" if available else "no CUDA GPU"
+        raise UserError(f"--gpu {spec}: GPU {missing[0]} does not exist (this machine has {seen}); "
+                        "omit --gpu to run on CPU")
+    return [torch.device("cuda", i) for i in ids]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_process_group(ctx: Context, backend: str | None, init_method: str, timeout_min: float) -> None:
+    """Join the job's process group (nccl on GPUs, gloo on CPU unless ``backend`` says otherwise)."""
+    if ctx.device.type == "cuda":
+        torch.cuda.set_device(ctx.device)
+    backend = backend or ("nccl" if ctx.device.type == "cuda" else "gloo")
+    dist.init_process_group(backend=backend, init_method=init_method, world_size=ctx.world_size,
+                            rank=ctx.rank, timeout=timedelta(minutes=timeout_min),
+                            device_id=ctx.device if ctx.device.type == "cuda" else None)
+
+
+def cleanup() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over all processes (in place; a no-op without a process group)."""
+    if dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def any_process(flag: bool, device: torch.device) -> bool:
+    """True on every process if ``flag`` is true on any of them."""
+    if not dist.is_initialized():
+        return flag
+    tensor = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(tensor.item())
+
+
+def broadcast_int(value: int, device: torch.device) -> int:
+    """Rank 0's ``value`` on every process."""
+    if not dist.is_initialized():
+        return value
+    tensor = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.broadcast(tensor, src=0)
+    return int(tensor.item())
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()

@@ -1,0 +1,28 @@
+"""Errors caused by the user's input: reported as one line, never as a traceback."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Bad input (missing data, bad flag, unusable checkpoint): ``main_imagenet`` prints it and exits 2."""
+
+
+class BadImageError(UserError):
+    """An image file that cannot be decoded. Raised in data-loading workers, so it takes one string."""
+
+
+def one_line(error: BaseException) -> str:
+    """The user-facing line of ``error``.
+
+    Errors raised in a DataLoader worker come back with the worker's traceback appended to the message;
+    the original message is then the last line, after ``module.ClassName: ``.
+    """
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    last = lines[-1]
+    if len(lines) > 1 and "Traceback" in str(error):
+        head, sep, tail = last.partition(": ")
+        if sep and head.rsplit(".", 1)[-1] == type(error).__name__:
+            return tail
+    return last

@@ -73,7 +73,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     arg("--wd", "--weight-decay", default=1e-4, type=float, metavar="W", dest="weight_decay", help="weight decay")
     arg("-p", "--print-freq", default=10, type=int, metavar="N", help="print (and sync metrics) every N iterations")
     arg("--resume", default="", type=str, metavar="PATH",
-        help="checkpoint to resume from (a file or a run folder); with -e, the checkpoint to evaluate")
+        help="checkpoint to resume from (a file or a run folder; 'auto': this run's folder if it has a checkpoint, "
+             "else start); with -e, the checkpoint to evaluate")
     arg("-e", "--evaluate", action="store_true", help="evaluate the model on the validation set and exit")
     arg("--pretrained", action="store_true",
         help="accepted for compatibility with the release, where it had no effect; ignored with a warning")
@@ -235,6 +236,10 @@ def worker(ctx: distributed.Context, args: argparse.Namespace) -> dict[str, Any]
 def run(ctx: distributed.Context, args: argparse.Namespace) -> dict[str, Any]:
     device = ctx.device
     checkpoint, checkpoint_path = None, None
+    if args.resume == "auto":  # continue this run's folder if it has a checkpoint (preemptible jobs)
+        choose_network(args, None, None)
+        latest = os.path.join(run_folder(args), LATEST)
+        args.resume = latest if os.path.isfile(latest) else ""
     if args.resume:
         checkpoint_path = resolve_path(args.resume)
         checkpoint = read_checkpoint(checkpoint_path)

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# torchrun launcher for one node or several: one process per GPU on each node.
+#   NNODES=2 NODE_RANK=0 MASTER_ADDR=node0 MASTER_PORT=29500 scripts/dist_train.sh DATA --config configs/resnet50_simam.yaml
+#   Environment: NNODES (1), NODE_RANK (0), NPROC_PER_NODE (the node's GPU count, 1 without GPUs),
+#   MASTER_ADDR (127.0.0.1), MASTER_PORT (29500). Run the same command on every node with its NODE_RANK.
+#   DRY_RUN=1 scripts/dist_train.sh DATA ...     # print the command only
+set -euo pipefail
+if [ $# -lt 1 ] || [ "$1" = "-h" ] || [ "$1" = "--help" ]; then
+    sed -n '2,6s/^# \{0,1\}//p' "$0"; exit 0
+fi
+cd "$(dirname "$0")/.."; source scripts/_launch.sh
+if [ -z "${NPROC_PER_NODE:-}" ]; then
+    NPROC_PER_NODE=$(python -c "import torch; print(max(torch.cuda.device_count(), 1))")
+fi
+run_or_print python -m torch.distributed.run --nnodes "${NNODES:-1}" --node_rank "${NODE_RANK:-0}" \
+    --nproc_per_node "$NPROC_PER_NODE" --master_addr "${MASTER_ADDR:-127.0.0.1}" --master_port "${MASTER_PORT:-29500}" \
+    main_imagenet.py "$@"

@@ -1,0 +1,388 @@
+#!/usr/bin/env python
+"""Grad-CAM and SimAM attention maps of trained networks on a few images, as in the SimAM paper's Figure 6.
+
+For every (image, checkpoint) the figure has a row: the input crop, the Grad-CAM of the top-1 class (or
+--target-class) on the last convolutional stage as a jet overlay, and, for SimAM networks, the mean SimAM gate
+sigmoid(1/e_t*) over channels of one SimAM module per stage (blank columns for other networks).
+
+Examples:
+    python scripts/visualize_attention.py --images cat.jpg dog.jpg \\
+        --checkpoints ckpts/imagenet-resnet50/model_best.pth.tar ckpts/imagenet-resnet50-simam-param0.1/model_best.pth.tar \\
+        --labels ResNet-50 SimAM-R50 -o results/attention.png
+    python scripts/visualize_attention.py --images cat.jpg --checkpoints release_r50_simam.pth.tar -a resnet50 --attention_type simam
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from PIL import Image, UnidentifiedImageError  # noqa: E402
+from torch import nn  # noqa: E402
+
+import networks  # noqa: E402
+from training.checkpoint import classifier_classes, identify_layouts, load_weights  # noqa: E402
+from training.errors import UserError  # noqa: E402
+from training.presets import IMAGENET_MEAN, IMAGENET_STD, eval_transform  # noqa: E402
+
+STAGES = ("layer1", "layer2", "layer3", "layer4")
+MAX_SIMAM_MAPS = 4
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", nargs="+", required=True, metavar="IMG", help="image files (any format PIL reads)")
+    parser.add_argument("--checkpoints", nargs="+", required=True, metavar="CKPT",
+                        help="checkpoints: ours, the official release's, or bare state dicts")
+    parser.add_argument("--labels", nargs="+", default=None, metavar="LABEL",
+                        help="one row label per checkpoint (default: the file name and network)")
+    parser.add_argument("-a", "--arch", default=None,
+                        help=f"for checkpoints that do not record it: {', '.join(networks.ARCHS.names())} "
+                             "(default: the checkpoint's, or inferred from its keys)")
+    parser.add_argument("--attention_type", default=None,
+                        help=f"for checkpoints that do not record it: {', '.join(networks.ATTENTIONS.names())} "
+                             "(default: the checkpoint's, or inferred from its keys)")
+    parser.add_argument("--attention_param", type=float, default=None,
+                        help="for checkpoints that do not record it (default: the module's default, lambda 0.1 for simam)")
+    parser.add_argument("--num-classes", type=int, default=None,
+                        help="classifier size when the checkpoint has no classifier weight (default: from the weights)")
+    parser.add_argument("--target-class", type=int, default=None,
+                        help="class index explained by Grad-CAM (default: the top-1 prediction)")
+    parser.add_argument("--image-size", type=int, default=224, help="centre crop size (default: 224)")
+    parser.add_argument("--resize-size", type=int, default=256, help="shorter side before cropping (default: 256)")
+    parser.add_argument("-o", "--output", default=os.path.join("results", "attention.png"),
+                        help="image to write; the format follows the extension (default: results/attention.png)")
+    return parser
+
+
+# ----------------------------------------------------------------------------------------------- networks
+
+@dataclass
+class LoadedNet:
+    """A network ready for visualisation and how it was identified."""
+
+    model: nn.Module
+    path: str
+    arch: str
+    attention_type: str
+    attention_param: float | None
+    num_classes: int
+    classes: list | None = None
+    label: str = ""
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return float(a) == float(b)
+    return str(a).lower() == str(b).lower()
+
+
+def _pick(field_name: str, recorded: dict, given, path: str):
+    """The checkpoint's record of a field, else the command line's; a contradiction is an error."""
+    value = recorded.get(field_name)
+    if value is None:
+        return given
+    if given is not None and not _same(given, value):
+        raise UserError(f"{path} records {field_name} {value!r} but {given!r} was given; "
+                        "leave the option out for checkpoints that record it")
+    return value
+
+
+def resolve_network(raw: object, state_dict: dict, path: str, arch: str | None = None,
+                    attention_type: str | None = None, attention_param: float | None = None,
+                    num_classes: int | None = None) -> tuple[str, str, float | None, int]:
+    """(arch, attention_type, attention_param, num_classes) of a checkpoint: its record (our format),
+    else the given values, else inferred from the keys with ``identify_layouts``.
+
+    Unknown names raise ``ValueError``; a contradiction or an unidentifiable network raises ``UserError``.
+    """
+    recorded = raw if isinstance(raw, dict) else {}
+    for registry, name in ((networks.ARCHS, arch), (networks.ATTENTIONS, attention_type)):
+        if name is not None:
+            registry.get(name)  # ValueError naming the choices
+    arch = _pick("arch", recorded, arch, path)
+    attention_type = _pick("attention_type", recorded, attention_type, path)
+    if arch is None or attention_type is None:
+        every = identify_layouts(state_dict)
+        layouts = [(a, t) for a, t in every
+                   if (arch is None or _same(arch, a)) and (attention_type is None or _same(attention_type, t))]
+        if not layouts:
+            known = " ".join(f"{k} {v}" for k, v in (("-a", arch), ("--attention_type", attention_type)) if v)
+            if every:
+                found = " or ".join(f"-a {a} --attention_type {t}" for a, t in every)
+                raise UserError(f"{path} is a different network than {known}: it fits {found}")
+            raise UserError(f"{path}: its keys fit no network of this code base{' with ' + known if known else ''}; "
+                            "give -a and --attention_type (and --attention_param) to get a diagnosis")
+        if len(layouts) > 1:
+            found = " or ".join(f"-a {a} --attention_type {t}" for a, t in layouts)
+            raise UserError(f"{path}: ambiguous network, it fits {found}; say which")
+        arch, attention_type = layouts[0]
+    arch, attention_type = str(arch).lower(), str(attention_type).lower()
+    networks.ARCHS.get(arch)
+    spec = networks.ATTENTIONS.get(attention_type)
+    if _same(recorded.get("attention_type"), attention_type):
+        attention_param = _pick("attention_param", recorded, attention_param, path)
+    if spec.param_name is None:
+        attention_param = None
+    elif attention_param is None:
+        attention_param = spec.default_param
+    from_weights = classifier_classes(state_dict)
+    if from_weights is not None and num_classes is not None and num_classes != from_weights:
+        raise UserError(f"{path} has {from_weights} classes but --num-classes {num_classes} was given")
+    num_classes = from_weights or num_classes or recorded.get("num_classes") or 1000
+    return arch, attention_type, attention_param, int(num_classes)
+
+
+def load_network(path: str, arch: str | None = None, attention_type: str | None = None,
+                 attention_param: float | None = None, num_classes: int | None = None) -> LoadedNet:
+    """Read a checkpoint (``weights_only``), identify its network, build it and load it strictly (eval mode).
+
+    Raises ``UserError`` (one line) for a missing, unsafe or non-checkpoint file and for a network mismatch.
+    """
+    try:
+        raw = networks.load_checkpoint_file(path)  # torch.load(weights_only=True): nothing is executed
+        state_dict = networks.state_dict_of(raw, path)  # i.e. networks.read_state_dict(path)
+        arch, attention_type, attention_param, num_classes = resolve_network(
+            raw, state_dict, path, arch, attention_type, attention_param, num_classes)
+        model = networks.create_net(arch, attention_type, attention_param, num_classes)
+    except ValueError as error:
+        raise UserError(str(error).splitlines()[0]) from None
+    load_weights(model, state_dict, path, arch, attention_type, num_classes)  # strict; UserError with a diagnosis
+    model.eval().requires_grad_(False)  # Grad-CAM differentiates w.r.t. activations only
+    classes = raw.get("classes") if isinstance(raw, dict) and isinstance(raw.get("classes"), list) else None
+    return LoadedNet(model, path, arch, attention_type, attention_param, num_classes, classes)
+
+
+def describe(net: LoadedNet) -> str:
+    """'resnet18 + simam (e_lambda=0.1)'."""
+    spec = networks.ATTENTIONS.get(net.attention_type)
+    if net.attention_type == "none":
+        return net.arch
+    param = f" ({spec.param_name}={net.attention_param:g})" if spec.param_name and net.attention_param is not None else ""
+    return f"{net.arch} + {net.attention_type}{param}"
+
+
+# ----------------------------------------------------------------------------------------------- images
+
+def load_image(path: str, resize_size: int, crop_size: int) -> tuple[torch.Tensor, np.ndarray]:
+    """(normalised 1x3xHxW input, HxWx3 crop in [0, 1] for display): resize shorter side, centre crop."""
+    if not os.path.isfile(path):
+        raise UserError(f"image not found: {path}")
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+    except (UnidentifiedImageError, OSError) as error:
+        raise UserError(f"{path}: not a readable image ({str(error).splitlines()[0] if str(error) else type(error).__name__})") from None
+    x = eval_transform(resize_size, crop_size)(image).unsqueeze(0)
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    crop = (x[0] * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
+    return x, crop
+
+
+# ----------------------------------------------------------------------------------------------- attention
+
+def simam_weight_map(x: torch.Tensor, e_lambda: float) -> torch.Tensor:
+    """Mean over channels of SimAM's gate sigmoid(1/e_t*) for an (N, C, H, W) input: (N, H, W).
+
+    Per channel with M = H*W: d = (x - mean)^2, v = sum(d) / (M - 1), 1/e_t* = d / (4 (v + lambda)) + 0.5
+    (M = 1: d = v = 0, as in ``networks.simam``).
+    """
+    x = x.detach().float()
+    n = max(x.shape[2] * x.shape[3] - 1, 1)
+    d = (x - x.mean(dim=(2, 3), keepdim=True)).pow(2)
+    v = d.sum(dim=(2, 3), keepdim=True) / n
+    e_inv = d / (4 * (v + e_lambda)) + 0.5
+    return torch.sigmoid(e_inv).mean(dim=1)
+
+
+def select_simam_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """One SimAM module per stage: the last one in each of layer1..layer4 (ResNet/ResNeXt), otherwise up to
+    four evenly spaced ones (MobileNetV2). Empty for networks without SimAM."""
+    found = [(name, m) for name, m in model.named_modules() if isinstance(m, networks.SimAM)]
+    if not found:
+        return []
+    if all(hasattr(model, stage) for stage in STAGES):
+        chosen = []
+        for stage in STAGES:
+            in_stage = [(n, m) for n, m in found if n.startswith(stage + ".")]
+            if in_stage:
+                chosen.append(in_stage[-1])
+        return chosen
+    picks = np.linspace(0, len(found) - 1, min(MAX_SIMAM_MAPS, len(found))).round().astype(int)
+    return [found[i] for i in sorted(set(picks.tolist()))]
+
+
+def target_layer(model: nn.Module) -> nn.Module:
+    """Grad-CAM's layer: the last convolutional stage (``layer4``; MobileNetV2: ``features[-1]``)."""
+    if hasattr(model, "layer4"):
+        return model.layer4
+    if hasattr(model, "features"):
+        return model.features[-1]
+    raise UserError(f"no Grad-CAM target layer known for {type(model).__name__}")
+
+
+def _flat(m: torch.Tensor | np.ndarray) -> bool:
+    """Constant up to float rounding (e.g. a 1x1 map upsampled bilinearly)."""
+    low, high = float(m.min()), float(m.max())
+    return high - low <= 1e-6 * max(abs(high), abs(low), 1e-30)
+
+
+def normalise(cam: torch.Tensor) -> torch.Tensor:
+    """Min-max to [0, 1]; all zeros when the map is constant (no spatial information)."""
+    if _flat(cam):
+        return torch.zeros_like(cam)
+    cam = cam - cam.min()
+    return cam / cam.max()
+
+
+@dataclass
+class Explanation:
+    """What one forward/backward pass of one image gives."""
+
+    predicted: int
+    target: int
+    probability: float  # softmax probability of ``target``
+    cam_raw: torch.Tensor  # relu(sum_c w_c A_c) at the target layer's resolution (h, w)
+    cam: torch.Tensor  # upsampled to the input size and normalised to [0, 1]
+    simam_maps: list[tuple[str, torch.Tensor]] = field(default_factory=list)  # (module name, HxW at input size)
+
+
+def explain(model: nn.Module, x: torch.Tensor, target_class: int | None = None) -> Explanation:
+    """Grad-CAM (Selvaraju et al.) at ``target_layer(model)`` and the selected SimAM maps, for one image ``x``.
+
+    Forward hooks keep the target activations A (and register a hook on A for its gradient) and compute the SimAM
+    maps from each selected module's input; the class score's gradient gives w_c = mean_ij dy/dA_cij, and
+    cam = relu(sum_c w_c A_c), upsampled bilinearly to the input size and normalised to [0, 1].
+    """
+    if x.shape[0] != 1:
+        raise ValueError("explain() takes one image (a batch of 1)")
+    store: dict = {"maps": []}
+
+    def keep_activation(module, inputs, output):
+        store["activation"] = output
+        output.register_hook(lambda grad: store.__setitem__("gradient", grad))
+
+    def keep_simam(name):
+        def hook(module, inputs, output):
+            with torch.no_grad():
+                store["maps"].append((name, simam_weight_map(inputs[0], module.e_lambda)[0]))
+        return hook
+
+    handles = [target_layer(model).register_forward_hook(keep_activation)]
+    handles += [m.register_forward_hook(keep_simam(name)) for name, m in select_simam_modules(model)]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    try:
+        for p in trainable:  # differentiate w.r.t. the activations only; no parameter .grad is written
+            p.requires_grad_(False)
+        with torch.enable_grad():
+            logits = model(x.detach().clone().requires_grad_(True))
+            probabilities = logits.detach().softmax(dim=1)[0]
+            predicted = int(logits[0].argmax())
+            target = predicted if target_class is None else int(target_class)
+            logits[0, target].backward()
+    finally:
+        for handle in handles:
+            handle.remove()
+        for p in trainable:
+            p.requires_grad_(True)
+    activation, gradient = store["activation"].detach()[0], store["gradient"][0]
+    weights = gradient.mean(dim=(1, 2))
+    cam_raw = F.relu((weights[:, None, None] * activation).sum(dim=0))
+    size = x.shape[-2:]
+    cam = normalise(F.interpolate(cam_raw[None, None], size=size, mode="bilinear", align_corners=False)[0, 0])
+    maps = [(name, F.interpolate(m[None, None], size=size, mode="bilinear", align_corners=False)[0, 0])
+            for name, m in store["maps"]]
+    return Explanation(predicted, target, float(probabilities[target]), cam_raw, cam, maps)
+
+
+def overlay(crop: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """The crop blended with the jet colour map of ``cam`` (both HxW, values in [0, 1])."""
+    heat = plt.get_cmap("jet")(np.asarray(cam))[..., :3]
+    return ((1 - alpha) * crop + alpha * heat).clip(0, 1)
+
+
+# ----------------------------------------------------------------------------------------------- figure
+
+def draw(rows: list[dict], output: str) -> None:
+    """Write the grid: per row the crop, the Grad-CAM overlay and the SimAM maps (blank where there are none)."""
+    n_maps = max((len(r["explanation"].simam_maps) for r in rows), default=0)
+    cols = 2 + n_maps
+    fig, axes = plt.subplots(len(rows), cols, figsize=(2.3 * cols + 0.6, 2.5 * len(rows)), squeeze=False)
+    for row, (r, ax_row) in enumerate(zip(rows, axes)):
+        e: Explanation = r["explanation"]
+        ax_row[0].imshow(r["crop"])
+        ax_row[0].set_xticks([])
+        ax_row[0].set_yticks([])
+        ax_row[0].set_ylabel(f"{r['label']}\n{os.path.basename(r['image'])}", fontsize=8)
+        ax_row[1].imshow(overlay(r["crop"], e.cam.numpy()))
+        name = r["classes"][e.target] if r["classes"] and e.target < len(r["classes"]) else None
+        what = "pred" if e.target == e.predicted else f"class (pred {e.predicted})"
+        ax_row[1].set_title(f"Grad-CAM {what} {e.target}{' ' + str(name) if name else ''}\np={e.probability:.3f}",
+                            fontsize=8)
+        for col in range(n_maps):
+            ax = ax_row[2 + col]
+            if col < len(e.simam_maps):
+                module, m = e.simam_maps[col]
+                m = m.numpy()
+                low, high = (m.mean() - 0.5, m.mean() + 0.5) if _flat(m) else (m.min(), m.max())
+                ax.imshow(m, cmap="viridis", vmin=low, vmax=high)
+                ax.set_title(f"SimAM {module}\n[{m.min():.3f}, {m.max():.3f}]", fontsize=7)
+            ax.axis("off")
+        ax_row[1].axis("off")
+        if row == 0:
+            ax_row[0].set_title("input", fontsize=8)
+    fig.tight_layout()
+    folder = os.path.dirname(os.path.abspath(output))
+    os.makedirs(folder, exist_ok=True)
+    fig.savefig(output, dpi=120)
+    plt.close(fig)
+
+
+def run(args: argparse.Namespace) -> str:
+    """Everything ``main`` does, with bad input as ``UserError``; returns the output path."""
+    if args.labels is not None and len(args.labels) != len(args.checkpoints):
+        raise UserError(f"--labels gives {len(args.labels)} labels for {len(args.checkpoints)} checkpoints")
+    if args.image_size < 1 or args.resize_size < args.image_size:
+        raise UserError(f"need 1 <= --image-size <= --resize-size, got {args.image_size} and {args.resize_size}")
+    images = [(path, *load_image(path, args.resize_size, args.image_size)) for path in args.images]
+    nets = []
+    for i, path in enumerate(args.checkpoints):
+        net = load_network(path, args.arch, args.attention_type, args.attention_param, args.num_classes)
+        if args.target_class is not None and not 0 <= args.target_class < net.num_classes:
+            raise UserError(f"--target-class {args.target_class} is out of range for {path} ({net.num_classes} classes)")
+        net.label = args.labels[i] if args.labels else f"{os.path.basename(path)}\n{describe(net)}"
+        nets.append(net)
+    rows = []
+    for image_path, x, crop in images:
+        for net in nets:
+            rows.append({"image": image_path, "crop": crop, "label": net.label, "classes": net.classes,
+                         "explanation": explain(net.model, x, args.target_class)})
+    draw(rows, args.output)
+    return args.output
+
+
+def main(args: argparse.Namespace) -> str:
+    """Write the figure and print its path; bad input exits with one line (``error: ...``)."""
+    try:
+        output = run(args)
+    except UserError as error:
+        sys.exit(f"error: {str(error).splitlines()[0] if str(error) else type(error).__name__}")
+    print(output)
+    return output
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

@@ -14,3 +14,14 @@ run_or_print() {
         "$@"
     fi
 }
+
+# help_if_asked SCRIPT LAST_HELP_LINE MIN_ARGS "$@": print the script's header comment (lines 2..LAST_HELP_LINE)
+# and exit when called with -h/--help or with fewer than MIN_ARGS arguments.
+help_if_asked() {
+    local script=$1 last=$2 needed=$3
+    shift 3
+    if [ $# -lt "$needed" ] || [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then
+        sed -n "2,${last}s/^# \{0,1\}//p" "$script"
+        exit 0
+    fi
+}

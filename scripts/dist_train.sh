@@ -5,10 +5,9 @@
 #   MASTER_ADDR (127.0.0.1), MASTER_PORT (29500). Run the same command on every node with its NODE_RANK.
 #   DRY_RUN=1 scripts/dist_train.sh DATA ...     # print the command only
 set -euo pipefail
-if [ $# -lt 1 ] || [ "$1" = "-h" ] || [ "$1" = "--help" ]; then
-    sed -n '2,6s/^# \{0,1\}//p' "$0"; exit 0
-fi
-cd "$(dirname "$0")/.."; source scripts/_launch.sh
+source "$(dirname "$0")/_launch.sh"
+help_if_asked "$0" 6 1 "$@"
+cd "$(dirname "$0")/.."
 if [ -z "${NPROC_PER_NODE:-}" ]; then
     NPROC_PER_NODE=$(python -c "import torch; print(max(torch.cuda.device_count(), 1))")
 fi

@@ -3,9 +3,8 @@
 #   scripts/eval_resnet18.sh DATA CHECKPOINT [main_imagenet.py flags...]   (GPUS=0,1,2,3 by default)
 #   DRY_RUN=1 scripts/eval_resnet18.sh DATA CHECKPOINT     # print the command only
 set -euo pipefail
-if [ $# -lt 2 ] || [ "$1" = "-h" ] || [ "$1" = "--help" ]; then
-    sed -n '2,4s/^# \{0,1\}//p' "$0"; exit 0
-fi
-cd "$(dirname "$0")/.."; source scripts/_launch.sh
+source "$(dirname "$0")/_launch.sh"
+help_if_asked "$0" 4 2 "$@"
+cd "$(dirname "$0")/.."
 DATA=$1; CHECKPOINT=$2; shift 2
 run_or_print python main_imagenet.py "$DATA" --gpu "${GPUS:-0,1,2,3}" -j 20 -a resnet18 -e --resume "$CHECKPOINT" "$@"

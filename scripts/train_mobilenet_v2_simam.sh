@@ -3,10 +3,9 @@
 #   scripts/train_mobilenet_v2_simam.sh DATA [main_imagenet.py flags...]   (GPUS=0,1,2,3 by default)
 #   DRY_RUN=1 scripts/train_mobilenet_v2_simam.sh DATA     # print the command only
 set -euo pipefail
-if [ $# -lt 1 ] || [ "$1" = "-h" ] || [ "$1" = "--help" ]; then
-    sed -n '2,4s/^# \{0,1\}//p' "$0"; exit 0
-fi
-cd "$(dirname "$0")/.."; source scripts/_launch.sh
+source "$(dirname "$0")/_launch.sh"
+help_if_asked "$0" 4 1 "$@"
+cd "$(dirname "$0")/.."
 DATA=$1; shift
 run_or_print python main_imagenet.py "$DATA" --gpu "${GPUS:-0,1,2,3}" --epochs 150 -j 20 -a mobilenet_v2 \
     --attention_type simam --attention_param 0.1 --lr .05 --cos_lr --wd 4e-5 "$@"

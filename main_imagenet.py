@@ -386,9 +386,7 @@ def choose_network(args: argparse.Namespace, checkpoint: Any, path: str | None) 
 
 
 def attention_name(args: argparse.Namespace) -> str:
-    if args.attention_param is None or networks.ATTENTIONS.get(args.attention_type).param_name is None:
-        return args.attention_type
-    return f"{args.attention_type} ({networks.ATTENTIONS.get(args.attention_type).param_name}={args.attention_param:g})"
+    return networks.describe_attention(args.attention_type, args.attention_param)
 
 
 def run_folder(args: argparse.Namespace) -> str:

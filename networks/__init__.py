@@ -5,11 +5,11 @@
 """
 
 from .archs import ARCHS, ArchSpec, create_net
-from .attentions import ATTENTIONS, AttentionSpec, SimAM, create_attn, simam
+from .attentions import ATTENTIONS, AttentionSpec, SimAM, create_attn, describe_attention, simam, simam_gate
 from .complexity import Complexity, complexity, measure_complexity
 from .weights import from_torchvision, load_checkpoint_file, read_state_dict, state_dict_of, strip_prefix
 
 __all__ = [
     "ARCHS", "ATTENTIONS", "ArchSpec", "AttentionSpec", "Complexity", "SimAM", "complexity", "create_attn",
-    "create_net", "from_torchvision", "load_checkpoint_file", "measure_complexity", "read_state_dict", "simam", "state_dict_of", "strip_prefix",
+    "create_net", "describe_attention", "from_torchvision", "load_checkpoint_file", "measure_complexity", "read_state_dict", "simam", "simam_gate", "state_dict_of", "strip_prefix",
 ]

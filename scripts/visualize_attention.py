@@ -167,11 +167,9 @@ def load_network(path: str, arch: str | None = None, attention_type: str | None 
 
 def describe(net: LoadedNet) -> str:
     """'resnet18 + simam (e_lambda=0.1)'."""
-    spec = networks.ATTENTIONS.get(net.attention_type)
     if net.attention_type == "none":
         return net.arch
-    param = f" ({spec.param_name}={net.attention_param:g})" if spec.param_name and net.attention_param is not None else ""
-    return f"{net.arch} + {net.attention_type}{param}"
+    return f"{net.arch} + {networks.describe_attention(net.attention_type, net.attention_param)}"
 
 
 # ----------------------------------------------------------------------------------------------- images
@@ -200,12 +198,7 @@ def simam_weight_map(x: torch.Tensor, e_lambda: float) -> torch.Tensor:
     Per channel with M = H*W: d = (x - mean)^2, v = sum(d) / (M - 1), 1/e_t* = d / (4 (v + lambda)) + 0.5
     (M = 1: d = v = 0, as in ``networks.simam``).
     """
-    x = x.detach().float()
-    n = max(x.shape[2] * x.shape[3] - 1, 1)
-    d = (x - x.mean(dim=(2, 3), keepdim=True)).pow(2)
-    v = d.sum(dim=(2, 3), keepdim=True) / n
-    e_inv = d / (4 * (v + e_lambda)) + 0.5
-    return torch.sigmoid(e_inv).mean(dim=1)
+    return networks.simam_gate(x.detach().float(), e_lambda).mean(dim=1)
 
 
 def select_simam_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:

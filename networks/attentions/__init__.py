@@ -18,7 +18,7 @@ from ..registry import Registry
 from .cbam import CBAM
 from .eca import ECAModule
 from .se import SEModule
-from .simam import SimAM, simam
+from .simam import SimAM, simam, simam_gate
 from .srm import SRMModule
 
 
@@ -63,6 +63,14 @@ def attention_factory(attention_type: str, attention_param: float | None = None)
     return spec.site, make
 
 
+def describe_attention(attention_type: str, attention_param: float | None = None) -> str:
+    """``'simam (e_lambda=0.1)'``; just the name for attentions without a parameter (or no value)."""
+    spec = ATTENTIONS.get(attention_type)
+    if spec.param_name is None or attention_param is None:
+        return attention_type
+    return f"{attention_type} ({spec.param_name}={attention_param:g})"
+
+
 def create_attn(attention_type: str, channels: int, attention_param: float | None = None) -> nn.Module | None:
     """Build one attention module by name (None for 'none'), e.g. ``create_attn('simam', 64, 0.1)``."""
     _, make = attention_factory(attention_type, attention_param)
@@ -70,4 +78,4 @@ def create_attn(attention_type: str, channels: int, attention_param: float | Non
 
 
 __all__ = ["ATTENTIONS", "AttentionSpec", "CBAM", "ECAModule", "SEModule", "SRMModule", "SimAM",
-           "attention_factory", "create_attn", "simam"]
+           "attention_factory", "create_attn", "describe_attention", "simam", "simam_gate"]

@@ -21,10 +21,15 @@ def simam(x: Tensor, e_lambda: float = 0.1) -> Tensor:
     if x.dim() != 4:
         raise ValueError(f"SimAM expects an (N, C, H, W) tensor, got shape {tuple(x.shape)}")
     xf = x.float() if x.dtype in _LOW_PRECISION else x
+    return (xf * simam_gate(xf, e_lambda)).to(x.dtype)
+
+
+def simam_gate(x: Tensor, e_lambda: float = 0.1) -> Tensor:
+    """SimAM's gate ``sigmoid(1 / e_t*)`` for every neuron of an (N, C, H, W) tensor (``simam`` is ``x * gate``)."""
     n = max(x.shape[2] * x.shape[3] - 1, 1)
-    d = (xf - xf.mean(dim=[2, 3], keepdim=True)).pow(2)
+    d = (x - x.mean(dim=[2, 3], keepdim=True)).pow(2)
     e_inv = d / (4 * (d.sum(dim=[2, 3], keepdim=True) / n + e_lambda)) + 0.5
-    return (xf * torch.sigmoid(e_inv)).to(x.dtype)
+    return torch.sigmoid(e_inv)
 
 
 class SimAM(nn.Module):

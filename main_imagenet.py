@@ -287,7 +287,7 @@ def run(ctx: distributed.Context, args: argparse.Namespace) -> dict[str, Any]:
             load_weights(model, weights_of(checkpoint, checkpoint_path), checkpoint_path, args.arch,
                          args.attention_type, num_classes)
         result = evaluate(model, data.val_loader, device, memory_format, amp_dtype, ctx, args)
-        return report_evaluation(result, args, checkpoint, checkpoint_path, cost, data.n_val, run_dir, log)
+        return report_evaluation(result, args, checkpoint, checkpoint_path, cost, len(data.val_loader.dataset), run_dir, log)
 
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
     optimizer = torch.optim.SGD(model.parameters(), args.lr, momentum=args.momentum, weight_decay=args.weight_decay)

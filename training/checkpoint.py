@@ -150,8 +150,7 @@ def likely_cause(state_dict: Mapping[str, torch.Tensor], arch: str, attention_ty
     if matches:
         found = " or ".join(f"-a {a} --attention_type {t}" for a, t in matches)
         return f"the checkpoint is a different network: it fits {found}"
-    if any(k.startswith(("fc.", "classifier.")) for k in state_dict) and all(
-            not k.startswith("module.") for k in state_dict):
+    if any(k.startswith(("fc.", "classifier.")) for k in state_dict):
         return ("the attention parameter (e.g. the SE/CBAM reduction ratio) differs from the checkpoint's, "
                 "or it comes from another code base")
     return "the file is not a checkpoint of this code base's networks"

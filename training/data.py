@@ -38,16 +38,15 @@ def image_folder(data: str, split: str, transform) -> datasets.ImageFolder:
         raise UserError(f"data folder not found: {data}")
     if not os.path.isdir(root):
         raise UserError(f"{root} not found: DATA must hold train/ and val/, each with one sub-folder per class")
-    classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
-    if not classes:
+    if not any(entry.is_dir() for entry in os.scandir(root)):
         raise UserError(f"{root} has no class folders: expected {root}/<class>/<image>.JPEG")
-    for name in classes:
-        folder = os.path.join(root, name)
-        if not any(datasets.folder.has_file_allowed_extension(f, datasets.folder.IMG_EXTENSIONS)
-                   for _, _, files in os.walk(folder, followlinks=True) for f in files):
-            raise UserError(f"class folder {folder} has no images "
-                            f"(extensions {', '.join(datasets.folder.IMG_EXTENSIONS)})")
-    return datasets.ImageFolder(root, transform=transform, loader=load_rgb)
+    dataset = datasets.ImageFolder(root, transform=transform, loader=load_rgb, allow_empty=True)
+    with_images = set(dataset.targets)
+    empty = [name for index, name in enumerate(dataset.classes) if index not in with_images]
+    if empty:
+        raise UserError(f"class folder {os.path.join(root, empty[0])} has no images "
+                        f"(extensions {', '.join(datasets.folder.IMG_EXTENSIONS)})")
+    return dataset
 
 
 class SyntheticImages(Dataset):
@@ -132,7 +131,6 @@ class Data:
     train_loader: DataLoader | None
     val_loader: DataLoader
     classes: list[str]
-    n_val: int
 
 
 def build_data(args, world_size: int, rank: int, seed: int, batch_per_process: int, workers: int,
@@ -143,9 +141,7 @@ def build_data(args, world_size: int, rank: int, seed: int, batch_per_process: i
     if args.dummy:
         train_set = None if args.evaluate else SyntheticImages(args.dummy, args.train_crop_size)
         val_set = SyntheticImages(max(args.dummy // 25, 1), args.val_crop_size)
-    else:
-        if args.data is None:
-            raise UserError("the data folder (DATA) is required unless --dummy is given")
+    else:  # main_imagenet.check_args has made sure DATA is given
         train_set = None if args.evaluate else image_folder(args.data, "train", train_tf)
         val_set = image_folder(args.data, "val", val_tf)
         if train_set is not None and train_set.classes != val_set.classes:
@@ -159,4 +155,4 @@ def build_data(args, world_size: int, rank: int, seed: int, batch_per_process: i
         sampler = TrainSampler(len(train_set), world_size, rank, seed)
         train_loader = DataLoader(SeededSamples(train_set), sampler=sampler, **loader_options)
     val_loader = DataLoader(val_set, sampler=EvalShard(len(val_set), world_size, rank), **loader_options)
-    return Data(train_loader, val_loader, list(val_set.classes), len(val_set))
+    return Data(train_loader, val_loader, list(val_set.classes))

@@ -102,7 +102,3 @@ def broadcast_int(value: int, device: torch.device) -> int:
     dist.broadcast(tensor, src=0)
     return int(tensor.item())
 
-
-def barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()

@@ -21,22 +21,26 @@ def correct_counts(output: torch.Tensor, target: torch.Tensor, topk: tuple[int, 
 
 
 class RunningSums:
-    """Loss and top-1/top-5 sums kept on the device; read (one host sync) only when reported."""
+    """Loss and top-1/top-5 sums kept on the device (the sample count on the host); read (one host sync)
+    only when reported. ``state()`` / ``initial`` is ``[loss, top1, top5, count]``."""
 
     def __init__(self, device: torch.device, initial: list[float] | None = None) -> None:
-        self.sums = torch.tensor(initial or [0.0, 0.0, 0.0, 0.0], dtype=torch.float64, device=device)
+        *sums, self.count = initial or [0.0, 0.0, 0.0, 0]
+        self.sums = torch.tensor(sums, dtype=torch.float64, device=device)
 
     def update(self, loss_sum: torch.Tensor, output: torch.Tensor, target: torch.Tensor) -> None:
         top1, top5 = correct_counts(output.detach(), target)
-        self.sums += torch.stack([loss_sum.detach().double(), top1.double(), top5.double(),
-                                  torch.tensor(target.size(0), dtype=torch.float64, device=self.sums.device)])
+        self.sums += torch.stack([loss_sum.detach().double(), top1.double(), top5.double()])
+        self.count += target.size(0)
 
     def state(self) -> list[float]:
-        return self.sums.tolist()
+        return [*self.sums.tolist(), self.count]
 
     def averages(self, reduce: bool = False) -> dict[str, float]:
         """``loss``, ``top1``, ``top5`` (percent) and ``count``; summed over processes if ``reduce``."""
-        sums = all_reduce_sum(self.sums.clone()) if reduce else self.sums
+        sums = torch.cat([self.sums, self.sums.new_tensor([self.count])])
+        if reduce:
+            all_reduce_sum(sums)
         loss, top1, top5, count = sums.tolist()
         denominator = max(count, 1.0)
         return {"loss": loss / denominator, "top1": 100.0 * top1 / denominator,
@@ -55,7 +59,7 @@ class RunLog:
     """Rank 0's logs in the run folder; on other ranks every method does nothing."""
 
     def __init__(self, run_dir: str, enabled: bool, tensorboard: bool = True) -> None:
-        self.run_dir, self.enabled = run_dir, enabled
+        self.enabled = enabled
         self.log_path = os.path.join(run_dir, "log.txt")
         self.metrics_path = os.path.join(run_dir, "metrics.jsonl")
         self._tb = None

@@ -40,13 +40,13 @@ from training.config import parse_with_config, recipe_of, save_config
 from training.data import build_data
 from training.errors import UserError, one_line
 from training.metrics import RunLog, RunningSums, progress_line, show_progress
+from training.performance import AMP_CHOICES, INPUT_PIPELINES, amp_dtype_for, to_device
 from training.schedule import build_scheduler
 from training.signals import StopRequest
 
 CHECKPOINT_FORMAT = "simam-imagenet/1"
 # With fp16 the gradient scaler skips steps whose gradients overflow; the schedule still advances per iteration.
 warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`")
-AMP_DTYPES = {"off": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -107,8 +107,18 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     arg("--val-crop-size", default=224, type=int, help="validation: centre crop size")
     arg("--label-smoothing", default=0.0, type=float, help="label smoothing of the training loss")
     arg("--warmup-epochs", default=0.0, type=float, help="linear learning-rate warmup, in epochs (per iteration)")
-    arg("--amp", default="off", choices=sorted(AMP_DTYPES), help="mixed precision (fp16 uses a gradient scaler)")
+    arg("--amp", default="off", choices=AMP_CHOICES,
+        help="mixed precision; fp16 uses a gradient scaler; auto: bf16 where the device has it natively, "
+             "else fp16 on CUDA, else off")
     arg("--channels-last", action="store_true", help="channels_last memory format for the model and inputs")
+    arg("--compile", action="store_true", help="torch.compile the model (the first steps are slower while it compiles)")
+    arg("--input-pipeline", default="pil", choices=INPUT_PIPELINES,
+        help="pil: torchvision's PIL transforms to normalised floats (the release's); uint8: the same "
+             "augmentation, faster, as uint8 batches normalised on the device")
+    arg("--simam-impl", default=None, choices=networks.SIMAM_IMPLEMENTATIONS,
+        help="SimAM kernels: auto (compiled where torch.compile can build them, else eager), compiled, eager "
+             "(both memory-efficient, same values), or reference (the paper's formula with plain autograd) "
+             "(default: $SIMAM_IMPL, else auto)")
     arg("--eval-json", default=None, metavar="PATH", help="with -e: where to write the evaluation JSON")
     arg("--dummy", nargs="?", type=int, const=1281167, default=0, metavar="N",
         help="synthetic data instead of DATA: N training images (default: ImageNet's 1281167), N/25 validation")
@@ -223,9 +233,13 @@ def spawn(devices: list[torch.device], args: argparse.Namespace) -> None:
 
 
 def worker(ctx: distributed.Context, args: argparse.Namespace) -> dict[str, Any]:
+    previous = networks.get_simam_implementation()
+    if args.simam_impl:  # per process: spawned processes start from the environment's choice
+        networks.set_simam_implementation(args.simam_impl)
     try:
         return run(ctx, args)
     finally:
+        networks.set_simam_implementation(previous)
         distributed.cleanup()
 
 
@@ -278,7 +292,12 @@ def run(ctx: distributed.Context, args: argparse.Namespace) -> dict[str, Any]:
                   f"FLOPs {cost.gflops:.2f} G at {args.val_crop_size} px | {ctx.world_size} process(es) on "
                   f"{device.type}, batch {batch_per_process} per process | run folder {run_dir}")
     model.to(device, memory_format=memory_format)
-    amp_dtype = AMP_DTYPES[args.amp]
+    amp_dtype = amp_dtype_for(args.amp, device)
+    eval_model = torch.compile(model) if args.compile else model
+    log.print(f"=> precision {str(amp_dtype).replace('torch.', '') if amp_dtype else 'fp32'}, "
+              f"{'channels_last' if args.channels_last else 'contiguous'}, "
+              f"{'torch.compile' if args.compile else 'eager'}, {args.input_pipeline} input pipeline"
+              + (f", SimAM kernels: {networks.get_simam_implementation()}" if args.attention_type == "simam" else ""))
 
     if args.evaluate:
         if checkpoint is None:
@@ -286,14 +305,14 @@ def run(ctx: distributed.Context, args: argparse.Namespace) -> dict[str, Any]:
         else:
             load_weights(model, weights_of(checkpoint, checkpoint_path), checkpoint_path, args.arch,
                          args.attention_type, num_classes)
-        result = evaluate(model, data.val_loader, device, memory_format, amp_dtype, ctx, args)
+        result = evaluate(eval_model, data.val_loader, device, memory_format, amp_dtype, ctx, args)
         return report_evaluation(result, args, checkpoint, checkpoint_path, cost, len(data.val_loader.dataset), run_dir, log)
 
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
-    optimizer = torch.optim.SGD(model.parameters(), args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    optimizer = build_optimizer(model, args, amp_dtype)
     iters_per_epoch = len(data.train_loader)
     scheduler = build_scheduler(optimizer, args, iters_per_epoch)
-    scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     start = {"epoch": args.start_epoch, "iteration": 0, "best_acc": 0.0, "sums": None}
     if checkpoint is not None:
         start = resume(checkpoint, checkpoint_path, ours, model, optimizer, scheduler, scaler, args, num_classes,
@@ -310,6 +329,8 @@ def run(ctx: distributed.Context, args: argparse.Namespace) -> dict[str, Any]:
     if ctx.distributed:
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
+    if args.compile:
+        train_model = torch.compile(train_model)
     if ctx.is_main:
         save_config(args, os.path.join(run_dir, "config.yaml"))
         log.forget_epochs_from(start["epoch"])
@@ -336,7 +357,7 @@ def run(ctx: distributed.Context, args: argparse.Namespace) -> dict[str, Any]:
                         "checkpoint": path}
 
             broadcast_buffers(model)  # BN running stats: evaluate what rank 0 saves
-            val = evaluate(model, data.val_loader, device, memory_format, amp_dtype, ctx, args)
+            val = evaluate(eval_model, data.val_loader, device, memory_format, amp_dtype, ctx, args)
             log.print(final_line(val), to_file=True)
             is_best = val["top1"] > best_acc
             best_acc = max(val["top1"], best_acc)
@@ -416,6 +437,13 @@ def build_model(args: argparse.Namespace, num_classes: int) -> nn.Module:
         raise UserError(str(error)) from None
 
 
+def build_optimizer(model: nn.Module, args: argparse.Namespace, amp_dtype: torch.dtype | None) -> torch.optim.SGD:
+    """The release's SGD. With mixed precision its fused kernel also takes the gradient scaler's overflow
+    check on the device (no host sync per step); fp32 keeps the release's implementation."""
+    return torch.optim.SGD(model.parameters(), args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
+                           fused=True if amp_dtype is not None else None)
+
+
 def resume(checkpoint: Any, path: str, ours: bool, model: nn.Module, optimizer, scheduler, scaler,
            args: argparse.Namespace, num_classes: int, iters_per_epoch: int) -> dict[str, Any]:
     """Restore the weights and, as far as the file has them, the training state; returns where to start."""
@@ -487,16 +515,9 @@ def train_one_epoch(model, loader, criterion, optimizer, scheduler, scaler, epoc
     images_seen, started = 0, time.perf_counter()
     iteration = start_iteration
     for iteration, (images, target) in enumerate(loader, start=start_iteration):
-        images = images.to(device, non_blocking=True, memory_format=memory_format)
-        target = target.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            output = model(images)
-            loss = criterion(output, target)
+        images, target = to_device(images, target, device, memory_format)
         step_lr = optimizer.param_groups[0]["lr"]
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        output, loss = train_step(model, images, target, criterion, optimizer, scaler, amp_dtype)
         scheduler.step()
         sums.update(loss.detach() * target.size(0), output, target)
         images_seen += target.size(0)
@@ -524,6 +545,18 @@ def train_one_epoch(model, loader, criterion, optimizer, scheduler, scaler, epoc
             "top5": stats["top5"], "time_s": elapsed, "images_per_s": images_per_s}
 
 
+def train_step(model: nn.Module, images, target, criterion, optimizer, scaler, amp_dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimisation step; returns (output, loss) without reading anything back to the host."""
+    with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        output = model(images)
+        loss = criterion(output, target)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return output, loss
+
+
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader, device, memory_format, amp_dtype, ctx: distributed.Context,
              args) -> dict[str, float]:
@@ -534,8 +567,7 @@ def evaluate(model: nn.Module, loader, device, memory_format, amp_dtype, ctx: di
     sums = RunningSums(device)
     for images, target in tqdm(loader, desc="Val", dynamic_ncols=True, leave=False,
                                disable=not show_progress(ctx.is_main, args.no_progress)):
-        images = images.to(device, non_blocking=True, memory_format=memory_format)
-        target = target.to(device, non_blocking=True)
+        images, target = to_device(images, target, device, memory_format)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             output = model(images)
         output = output.float()

@@ -5,11 +5,14 @@
 """
 
 from .archs import ARCHS, ArchSpec, create_net
-from .attentions import ATTENTIONS, AttentionSpec, SimAM, create_attn, describe_attention, simam, simam_gate
+from .attentions import (ATTENTIONS, SIMAM_IMPLEMENTATIONS, AttentionSpec, SimAM, create_attn, describe_attention,
+                         get_simam_implementation, set_simam_implementation, simam, simam_fused, simam_gate)
 from .complexity import Complexity, complexity, measure_complexity
 from .weights import from_torchvision, load_checkpoint_file, read_state_dict, state_dict_of, strip_prefix
 
 __all__ = [
     "ARCHS", "ATTENTIONS", "ArchSpec", "AttentionSpec", "Complexity", "SimAM", "complexity", "create_attn",
-    "create_net", "describe_attention", "from_torchvision", "load_checkpoint_file", "measure_complexity", "read_state_dict", "simam", "simam_gate", "state_dict_of", "strip_prefix",
+    "create_net", "describe_attention", "from_torchvision", "get_simam_implementation", "load_checkpoint_file",
+    "measure_complexity", "read_state_dict", "set_simam_implementation", "SIMAM_IMPLEMENTATIONS", "simam",
+    "simam_fused", "simam_gate", "state_dict_of", "strip_prefix",
 ]

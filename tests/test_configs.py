@@ -38,3 +38,15 @@ def test_recipe_loads_and_builds(path):
     assert (args.batch_size, args.momentum, args.train_crop_size, args.val_resize_size, args.val_crop_size) == \
         (256, 0.9, 224, 256, 224)
     assert args.attention_param == {"simam": 0.1, "se": 16, "cbam": 16}.get(args.attention_type)
+
+
+@pytest.mark.parametrize("path", PAPER_ROWS, ids=lambda p: os.path.basename(p))
+def test_fast_recipe_is_the_paper_recipe_plus_the_performance_settings(path):
+    from training.performance import FAST_SETTINGS
+    fast_path = os.path.join(ROOT, "configs", "fast", os.path.basename(path))
+    paper = vars(parse_with_config(main_imagenet.get_args_parser(), ["DATA", "--config", path]))
+    fast = vars(parse_with_config(main_imagenet.get_args_parser(), ["DATA", "--config", fast_path]))
+    assert {key for key in fast if fast[key] != paper[key]} == set(FAST_SETTINGS) | {"config"}
+    assert {key: fast[key] for key in FAST_SETTINGS} == FAST_SETTINGS
+    assert paper["amp"] == "off" and not paper["channels_last"] and not paper["compile"]
+    assert paper["input_pipeline"] == "pil"

@@ -10,12 +10,19 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
+import numpy as np
 import torch
 from PIL import Image
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 from torchvision import datasets
+
+try:
+    from torchvision.io import decode_jpeg  # deprecated since torchvision 0.29 (moving to TorchCodec)
+except ImportError:  # a torchvision without it: load_uint8 decodes with PIL
+    decode_jpeg = None
 
 from . import presets
 from .errors import BadImageError, UserError
@@ -31,7 +38,32 @@ def load_rgb(path: str) -> Image.Image:
         raise BadImageError(f"cannot read image {path}: {error}") from None
 
 
-def image_folder(data: str, split: str, transform) -> datasets.ImageFolder:
+def load_uint8(path: str) -> Tensor:
+    """Decode an image file to a uint8 RGB CHW tensor (a view of an HWC buffer): libjpeg-turbo through
+    ``torchvision.io.decode_jpeg`` for RGB and grayscale JPEGs (the same pixels as PIL), ``load_rgb`` for anything
+    else (other formats, CMYK JPEGs, files decode_jpeg rejects, which then fail with ``load_rgb``'s error)."""
+    try:
+        with open(path, "rb") as f:
+            encoded = f.read()
+    except OSError as error:
+        raise BadImageError(f"cannot read image {path}: {error}") from None
+    if decode_jpeg is not None and encoded[:3] == b"\xff\xd8\xff":  # JPEG
+        try:
+            image = decode_jpeg(torch.frombuffer(bytearray(encoded), dtype=torch.uint8))
+        except RuntimeError:
+            image = None
+        if image is not None and image.shape[0] in (1, 3):
+            return image.expand(3, -1, -1)
+    return torch.from_numpy(np.array(load_rgb(path))).permute(2, 0, 1)
+
+
+def image_loader(pipeline: str = "pil") -> Callable[[str], Image.Image | Tensor]:
+    """The file loader of an input pipeline: ``load_rgb`` (PIL images) or ``load_uint8`` (uint8 tensors)."""
+    presets.check_pipeline(pipeline)
+    return load_uint8 if pipeline == "uint8" else load_rgb
+
+
+def image_folder(data: str, split: str, transform, loader: Callable = load_rgb) -> datasets.ImageFolder:
     """``DATA/split`` as an ImageFolder; a missing folder or a class folder without images is a ``UserError``."""
     root = os.path.join(data, split)
     if not os.path.isdir(data):
@@ -40,7 +72,7 @@ def image_folder(data: str, split: str, transform) -> datasets.ImageFolder:
         raise UserError(f"{root} not found: DATA must hold train/ and val/, each with one sub-folder per class")
     if not any(entry.is_dir() for entry in os.scandir(root)):
         raise UserError(f"{root} has no class folders: expected {root}/<class>/<image>.JPEG")
-    dataset = datasets.ImageFolder(root, transform=transform, loader=load_rgb, allow_empty=True)
+    dataset = datasets.ImageFolder(root, transform=transform, loader=loader, allow_empty=True)
     with_images = set(dataset.targets)
     empty = [name for index, name in enumerate(dataset.classes) if index not in with_images]
     if empty:
@@ -50,17 +82,20 @@ def image_folder(data: str, split: str, transform) -> datasets.ImageFolder:
 
 
 class SyntheticImages(Dataset):
-    """``--dummy``: random normalised images and labels, for throughput checks without data on disk."""
+    """``--dummy``: random normalised images (random uint8 images with ``uint8``) and labels, for throughput
+    checks without data on disk."""
 
-    def __init__(self, length: int, image_size: int, num_classes: int = 1000) -> None:
-        self.length, self.image_size, self.num_classes = length, image_size, num_classes
+    def __init__(self, length: int, image_size: int, num_classes: int = 1000, uint8: bool = False) -> None:
+        self.length, self.image_size, self.num_classes, self.uint8 = length, image_size, num_classes, uint8
         self.classes = [f"class{i:04d}" for i in range(num_classes)]
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, index: int):
-        return torch.randn(3, self.image_size, self.image_size), index % self.num_classes
+        shape = (3, self.image_size, self.image_size)
+        image = torch.randint(0, 256, shape, dtype=torch.uint8) if self.uint8 else torch.randn(shape)
+        return image, index % self.num_classes
 
 
 class SeededSamples(Dataset):
@@ -74,8 +109,8 @@ class SeededSamples(Dataset):
 
     def __getitem__(self, item: tuple[int, int]):
         index, seed = item
-        if get_worker_info() is not None:  # a worker process owns its RNG
-            torch.manual_seed(seed)
+        if get_worker_info() is not None:  # a worker process owns its RNG, and uses only the CPU's: seed that
+            torch.default_generator.manual_seed(seed)  # (torch.manual_seed's other devices cost 0.1 ms a sample)
             return self.dataset[index]
         with torch.random.fork_rng(devices=[]):  # loading in the main process: leave its RNG alone
             torch.manual_seed(seed)
@@ -135,21 +170,26 @@ class Data:
 
 def build_data(args, world_size: int, rank: int, seed: int, batch_per_process: int, workers: int,
                pin_memory: bool) -> Data:
-    """Datasets and loaders for ``args`` (ImageFolder under ``args.data``, or synthetic with ``--dummy``)."""
-    train_tf = presets.train_transform(args.train_crop_size)
-    val_tf = presets.eval_transform(args.val_resize_size, args.val_crop_size)
+    """Datasets and loaders for ``args`` (ImageFolder under ``args.data``, or synthetic with ``--dummy``), in the
+    input pipeline ``args.input_pipeline`` (default ``pil``; ``uint8`` gives uint8 image batches)."""
+    pipeline = getattr(args, "input_pipeline", "pil")
+    train_tf = presets.train_transform(args.train_crop_size, pipeline)
+    val_tf = presets.eval_transform(args.val_resize_size, args.val_crop_size, pipeline)
+    loader = image_loader(pipeline)
     if args.dummy:
-        train_set = None if args.evaluate else SyntheticImages(args.dummy, args.train_crop_size)
-        val_set = SyntheticImages(max(args.dummy // 25, 1), args.val_crop_size)
+        uint8 = pipeline == "uint8"
+        train_set = None if args.evaluate else SyntheticImages(args.dummy, args.train_crop_size, uint8=uint8)
+        val_set = SyntheticImages(max(args.dummy // 25, 1), args.val_crop_size, uint8=uint8)
     else:  # main_imagenet.check_args has made sure DATA is given
-        train_set = None if args.evaluate else image_folder(args.data, "train", train_tf)
-        val_set = image_folder(args.data, "val", val_tf)
+        train_set = None if args.evaluate else image_folder(args.data, "train", train_tf, loader)
+        val_set = image_folder(args.data, "val", val_tf, loader)
         if train_set is not None and train_set.classes != val_set.classes:
             only_train = sorted(set(train_set.classes) - set(val_set.classes))
             only_val = sorted(set(val_set.classes) - set(train_set.classes))
             raise UserError(f"train/ and val/ must have the same class folders: only in train/: {only_train[:5]}, "
                             f"only in val/: {only_val[:5]}")
-    loader_options = dict(batch_size=batch_per_process, num_workers=workers, pin_memory=pin_memory)
+    loader_options = dict(batch_size=batch_per_process, num_workers=workers, pin_memory=pin_memory,
+                          persistent_workers=workers > 0)
     train_loader = None
     if train_set is not None:
         sampler = TrainSampler(len(train_set), world_size, rank, seed)

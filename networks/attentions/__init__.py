@@ -19,6 +19,8 @@ from .cbam import CBAM
 from .eca import ECAModule
 from .se import SEModule
 from .simam import SimAM, simam, simam_gate
+from .simam_kernels import IMPLEMENTATIONS as SIMAM_IMPLEMENTATIONS
+from .simam_kernels import get_simam_implementation, set_simam_implementation, simam_fused
 from .srm import SRMModule
 
 
@@ -78,4 +80,5 @@ def create_attn(attention_type: str, channels: int, attention_param: float | Non
 
 
 __all__ = ["ATTENTIONS", "AttentionSpec", "CBAM", "ECAModule", "SEModule", "SRMModule", "SimAM",
-           "attention_factory", "create_attn", "describe_attention", "simam", "simam_gate"]
+           "SIMAM_IMPLEMENTATIONS", "attention_factory", "create_attn", "describe_attention", "get_simam_implementation",
+           "set_simam_implementation", "simam", "simam_fused", "simam_gate"]

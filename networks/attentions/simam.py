@@ -5,11 +5,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .simam_kernels import simam_fused
+
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 def simam(x: Tensor, e_lambda: float = 0.1) -> Tensor:
-    """Return ``x * sigmoid(1 / e_t*)`` for every neuron of an (N, C, H, W) tensor.
+    """The paper's formula, in eager PyTorch (the reference ``SimAM`` modules are checked against): return ``x * sigmoid(1 / e_t*)`` for every neuron of an (N, C, H, W) tensor.
 
     Per channel, with M = H*W: ``d = (x - mean)^2``, ``v = sum(d) / (M - 1)`` and
     ``1 / e_t* = d / (4 (v + lambda)) + 0.5``. With a single neuron per channel (H*W = 1) there
@@ -34,7 +36,8 @@ def simam_gate(x: Tensor, e_lambda: float = 0.1) -> Tensor:
 
 class SimAM(nn.Module):
     """SimAM attention module (no parameters). ``e_lambda`` is the paper's lambda (0.1 on ImageNet);
-    ``channels`` is accepted, and unused, so that every attention module is built as ``cls(channels, ...)``."""
+    ``channels`` is accepted, and unused, so that every attention module is built as ``cls(channels, ...)``.
+    It runs the memory-efficient fused implementation (``networks.set_simam_implementation`` chooses)."""
 
     def __init__(self, channels: int | None = None, e_lambda: float = 0.1) -> None:
         super().__init__()
@@ -44,7 +47,9 @@ class SimAM(nn.Module):
         self.e_lambda = e_lambda
 
     def forward(self, x: Tensor) -> Tensor:
-        return simam(x, self.e_lambda)
+        if x.dim() != 4:
+            raise ValueError(f"SimAM expects an (N, C, H, W) tensor, got shape {tuple(x.shape)}")
+        return simam_fused(x, self.e_lambda)
 
     def __repr__(self) -> str:
         return f"SimAM(lambda={self.e_lambda:g})"

@@ -34,12 +34,14 @@ from tqdm import tqdm
 
 import networks
 from training import distributed
-from training.checkpoint import (BEST, LATEST, atomic_save, capture_rng, identify_layouts, load_weights,
-                                 read_checkpoint, resolve_path, restore_rng, weights_of)
+from training.checkpoint import (BEST, LATEST, PREVIOUS, RESUME_CANDIDATES, atomic_save, capture_rng,
+                                 identify_layouts, load_weights, newest_valid_checkpoint, read_checkpoint,
+                                 restore_rng, verify_manifest, weights_of)
 from training.config import parse_with_config, recipe_of, save_config
-from training.data import build_data
-from training.errors import UserError, one_line
+from training.data import build_data, skipped_images
+from training.errors import TrainingError, UserError, one_line
 from training.metrics import RunLog, RunningSums, progress_line, show_progress
+from training.numerics import NonFiniteGuard
 from training.performance import AMP_CHOICES, INPUT_PIPELINES, amp_dtype_for, to_device
 from training.schedule import build_scheduler
 from training.signals import StopRequest
@@ -123,6 +125,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     arg("--dummy", nargs="?", type=int, const=1281167, default=0, metavar="N",
         help="synthetic data instead of DATA: N training images (default: ImageNet's 1281167), N/25 validation")
     arg("--no-progress", action="store_true", help="no tqdm progress bars (they are also off when not on a terminal)")
+    arg("--skip-bad-images", action="store_true",
+        help="pass over images that cannot be read (training: the next readable image takes the place; "
+             "validation: left out), naming them on stderr and in log.txt and counting them in metrics.jsonl; "
+             "default: stop with an error naming the file")
+    arg("--max-bad-steps", default=0, type=int, metavar="N",
+        help="training steps per epoch whose loss may be NaN/inf (their updates are skipped) before the run stops")
     return parser
 
 
@@ -157,7 +165,7 @@ def check_args(args: argparse.Namespace) -> None:
     for name in ("epochs", "batch_size", "print_freq", "log_freq", "train_crop_size", "val_resize_size", "val_crop_size"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    for name in ("workers", "start_epoch", "warmup_epochs", "lr", "weight_decay", "momentum"):
+    for name in ("workers", "start_epoch", "warmup_epochs", "lr", "weight_decay", "momentum", "max_bad_steps"):
         if getattr(args, name) < 0:
             raise UserError(f"--{name.replace('_', '-')} must not be negative, got {getattr(args, name)}")
     if not 0.0 <= args.label_smoothing < 1.0:
@@ -208,6 +216,10 @@ def _spawned_worker(local_rank: int, devices: list[torch.device], args: argparse
         if local_rank == 0:
             print(f"error: {one_line(error)}", file=sys.stderr, flush=True)
         sys.exit(2)
+    except TrainingError as error:
+        if local_rank == 0:
+            print(f"error: {one_line(error)}", file=sys.stderr, flush=True)
+        sys.exit(1)
 
 
 def spawn(devices: list[torch.device], args: argparse.Namespace) -> None:
@@ -225,7 +237,10 @@ def spawn(devices: list[torch.device], args: argparse.Namespace) -> None:
     try:
         while not context.join():
             pass
-    except mp.ProcessExitedException as error:
+    except mp.ProcessExitedException as error:  # join() has stopped the other processes
+        if error.exit_code not in (1, 2):  # 1 and 2: the process has printed its own error
+            print(f"error: {error}; the other processes were stopped; continue with --resume auto",
+                  file=sys.stderr, flush=True)
         raise SystemExit(error.exit_code if error.exit_code and error.exit_code > 0 else 1) from None
     finally:
         for signum, handler in previous.items():
@@ -250,12 +265,20 @@ def worker(ctx: distributed.Context, args: argparse.Namespace) -> dict[str, Any]
 def run(ctx: distributed.Context, args: argparse.Namespace) -> dict[str, Any]:
     device = ctx.device
     checkpoint, checkpoint_path = None, None
-    if args.resume == "auto":  # continue this run's folder if it has a checkpoint (preemptible jobs)
+    if args.resume == "auto":  # continue this run's folder if it has checkpoints (preemptible jobs)
         choose_network(args, None, None)
-        latest = os.path.join(run_folder(args), LATEST)
-        args.resume = latest if os.path.isfile(latest) else ""
-    if args.resume:
-        checkpoint_path = resolve_path(args.resume)
+        args.resume = run_folder(args) if any(os.path.isfile(os.path.join(run_folder(args), name))
+                                              for name in RESUME_CANDIDATES) else ""
+    if args.resume and os.path.isdir(args.resume):
+        found = newest_valid_checkpoint(args.resume, report=print if ctx.is_main else lambda line: None)
+        if found is None:
+            raise UserError(f"no readable checkpoint in {args.resume} (looked for {', '.join(RESUME_CANDIDATES)}); "
+                            "move damaged files away to start a new run there")
+        checkpoint_path, checkpoint = found
+    elif args.resume:
+        checkpoint_path = args.resume
+        if os.path.isfile(checkpoint_path) and verify_manifest(checkpoint_path) and ctx.is_main:
+            print(f"=> {checkpoint_path}: sha256 matches the manifest")
         checkpoint = read_checkpoint(checkpoint_path)
     ours = isinstance(checkpoint, dict) and checkpoint.get("format") == CHECKPOINT_FORMAT
     choose_network(args, checkpoint, checkpoint_path)
@@ -305,11 +328,11 @@ def run(ctx: distributed.Context, args: argparse.Namespace) -> dict[str, Any]:
         else:
             load_weights(model, weights_of(checkpoint, checkpoint_path), checkpoint_path, args.arch,
                          args.attention_type, num_classes)
-        result = evaluate(eval_model, data.val_loader, device, memory_format, amp_dtype, ctx, args)
+        result = evaluate(eval_model, data.val_loader, device, memory_format, amp_dtype, ctx, args, log)
         return report_evaluation(result, args, checkpoint, checkpoint_path, cost, len(data.val_loader.dataset), run_dir, log)
 
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
-    optimizer = build_optimizer(model, args, amp_dtype)
+    optimizer = build_optimizer(model, args)
     iters_per_epoch = len(data.train_loader)
     scheduler = build_scheduler(optimizer, args, iters_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
@@ -348,8 +371,8 @@ def run(ctx: distributed.Context, args: argparse.Namespace) -> dict[str, Any]:
             if train_stats["stopped"]:
                 path = os.path.join(run_dir, LATEST)
                 if ctx.is_main:
-                    atomic_save(checkpoint_state(iteration=train_stats["iterations"], sums=train_stats["sums"],
-                                                 **state), path)
+                    save_checkpoint(checkpoint_state(iteration=train_stats["iterations"], sums=train_stats["sums"],
+                                                     **state), run_dir)
                 log.print(f"=> stopped by {stop.signal_name or 'a signal on another process'} at epoch {epoch}, "
                           f"iteration {train_stats['iterations']}; saved {path}; continue with --resume {path}",
                           to_file=True)
@@ -357,21 +380,20 @@ def run(ctx: distributed.Context, args: argparse.Namespace) -> dict[str, Any]:
                         "checkpoint": path}
 
             broadcast_buffers(model)  # BN running stats: evaluate what rank 0 saves
-            val = evaluate(eval_model, data.val_loader, device, memory_format, amp_dtype, ctx, args)
+            val = evaluate(eval_model, data.val_loader, device, memory_format, amp_dtype, ctx, args, log)
             log.print(final_line(val), to_file=True)
             is_best = val["top1"] > best_acc
             best_acc = max(val["top1"], best_acc)
             result = {"epoch": epoch, "lr": train_stats["lr"], "train_loss": train_stats["loss"],
                       "train_top1": train_stats["top1"], "train_top5": train_stats["top5"],
                       "val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"],
-                      "epoch_time_s": train_stats["time_s"], "images_per_s": train_stats["images_per_s"]}
+                      "epoch_time_s": train_stats["time_s"], "images_per_s": train_stats["images_per_s"],
+                      "nonfinite_steps": train_stats["nonfinite_steps"],
+                      "bad_images": train_stats["bad_images"] + val["bad_images"]}
             log.epoch(result)
             if ctx.is_main:
                 state.update(epoch=epoch + 1, best_acc=best_acc)
-                saved = checkpoint_state(iteration=0, sums=None, **state)
-                atomic_save(saved, os.path.join(run_dir, LATEST))
-                if is_best:
-                    atomic_save(saved, os.path.join(run_dir, BEST))
+                save_checkpoint(checkpoint_state(iteration=0, sums=None, **state), run_dir, best=is_best)
             if stop.requested:
                 log.print(f"=> stopped by {stop.signal_name} after epoch {epoch}; "
                           f"continue with --resume {os.path.join(run_dir, LATEST)}", to_file=True)
@@ -437,11 +459,17 @@ def build_model(args: argparse.Namespace, num_classes: int) -> nn.Module:
         raise UserError(str(error)) from None
 
 
-def build_optimizer(model: nn.Module, args: argparse.Namespace, amp_dtype: torch.dtype | None) -> torch.optim.SGD:
-    """The release's SGD. With mixed precision its fused kernel also takes the gradient scaler's overflow
-    check on the device (no host sync per step); fp32 keeps the release's implementation."""
-    return torch.optim.SGD(model.parameters(), args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
-                           fused=True if amp_dtype is not None else None)
+def build_optimizer(model: nn.Module, args: argparse.Namespace) -> torch.optim.SGD:
+    """The release's SGD, as one fused kernel that takes an overflow flag on the device: steps with
+    non-finite gradients are skipped without the host waiting (the gradient scaler's flag under fp16,
+    ``NonFiniteGuard``'s otherwise). Momentum buffers start at zero, which is SGD's first step exactly
+    (buffer = gradient) and keeps a skipped first step from leaving them uninitialised."""
+    optimizer = torch.optim.SGD(model.parameters(), args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
+                                fused=True)
+    if args.momentum:
+        for parameter in model.parameters():
+            optimizer.state[parameter]["momentum_buffer"] = torch.zeros_like(parameter)
+    return optimizer
 
 
 def resume(checkpoint: Any, path: str, ours: bool, model: nn.Module, optimizer, scheduler, scaler,
@@ -490,6 +518,24 @@ def checkpoint_state(*, epoch: int, iteration: int, iterations_per_epoch: int, m
     }
 
 
+def save_checkpoint(saved: dict[str, Any], run_dir: str, best: bool = False) -> None:
+    """Write the run's latest checkpoint (the one it replaces is kept as the previous) and, for a new best,
+    the best one. Weights that are not finite are never written; a failed write is a ``TrainingError`` and
+    leaves the files that were there as they were."""
+    broken = [key for key, value in saved["state_dict"].items()
+              if value.is_floating_point() and not torch.isfinite(value).all()]
+    if broken:
+        raise TrainingError(f"the model's {broken[0]} (and {len(broken) - 1} more) are NaN/inf; nothing was saved, so "
+                            f"the checkpoints in {run_dir} are the last good ones. Lower --lr or add --warmup-epochs")
+    for name in (LATEST, BEST) if best else (LATEST,):
+        path = os.path.join(run_dir, name)
+        try:
+            atomic_save(saved, path, keep_previous=os.path.join(run_dir, PREVIOUS) if name == LATEST else None)
+        except OSError as error:
+            raise TrainingError(f"cannot write {path}: {error.strerror or error} (disk full or read-only?); the "
+                                f"checkpoint that was there is unchanged; make room and continue with --resume {run_dir}") from None
+
+
 def broadcast_buffers(model: nn.Module) -> None:
     if dist.is_initialized():
         for buffer in model.buffers():
@@ -514,16 +560,20 @@ def train_one_epoch(model, loader, criterion, optimizer, scheduler, scaler, epoc
                disable=not show_progress(ctx.is_main, args.no_progress))
     images_seen, started = 0, time.perf_counter()
     iteration = start_iteration
-    for iteration, (images, target) in enumerate(loader, start=start_iteration):
-        images, target = to_device(images, target, device, memory_format)
+    guard, bad_images = NonFiniteGuard(device), 0
+    for iteration, batch in enumerate(loader, start=start_iteration):
+        bad_images += report_skipped(skipped_images(batch), log)
+        images, target = to_device(batch[0], batch[1], device, memory_format)
         step_lr = optimizer.param_groups[0]["lr"]
-        output, loss = train_step(model, images, target, criterion, optimizer, scaler, amp_dtype)
+        output, loss = train_step(model, images, target, criterion, optimizer, scaler, amp_dtype, guard)
         scheduler.step()
-        sums.update(loss.detach() * target.size(0), output, target)
+        sums.update(torch.nan_to_num(loss.detach(), nan=0.0, posinf=0.0, neginf=0.0) * target.size(0), output, target)
         images_seen += target.size(0)
         bar.update(1)
 
         at_print = iteration % args.print_freq == 0 or iteration == total - 1
+        if at_print:
+            check_nonfinite(guard, epoch, args)
         if at_print or iteration % args.log_freq == 0:
             line = progress_line(f"Epoch: [{epoch}]", iteration, total, sums.averages(),
                                  f"Lr {step_lr:.4f}")
@@ -542,37 +592,73 @@ def train_one_epoch(model, loader, criterion, optimizer, scheduler, scaler, epoc
     stats = sums.averages(reduce=True)
     images_per_s = images_seen * ctx.world_size / elapsed if elapsed > 0 else 0.0
     return {"stopped": False, "iterations": iteration + 1, "lr": lr, "loss": stats["loss"], "top1": stats["top1"],
-            "top5": stats["top5"], "time_s": elapsed, "images_per_s": images_per_s}
+            "top5": stats["top5"], "time_s": elapsed, "images_per_s": images_per_s,
+            "nonfinite_steps": check_nonfinite(guard, epoch, args), "bad_images": total_over_processes(bad_images, device)}
 
 
-def train_step(model: nn.Module, images, target, criterion, optimizer, scaler, amp_dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimisation step; returns (output, loss) without reading anything back to the host."""
+def report_skipped(messages: list[str], log: RunLog) -> int:
+    """Log the images ``--skip-bad-images`` passed over (every process warns on stderr); returns how many."""
+    for message in messages:
+        print(f"warning: skipped {message}", file=sys.stderr, flush=True)
+        log.write(f"skipped {message}")
+    return len(messages)
+
+
+def total_over_processes(count: int, device: torch.device) -> int:
+    return int(distributed.all_reduce_sum(torch.tensor(count, dtype=torch.int64, device=device)).item())
+
+
+def check_nonfinite(guard: NonFiniteGuard, epoch: int, args) -> int:
+    """Steps of this epoch (all processes) whose loss was NaN/inf; more than ``--max-bad-steps`` stops the run
+    before anything is saved."""
+    bad = total_over_processes(guard.read(), guard.bad_steps.device) if dist.is_initialized() else guard.read()
+    if bad > args.max_bad_steps:
+        raise TrainingError(
+            f"the training loss was NaN/inf in {bad} step(s) of epoch {epoch} (--max-bad-steps {args.max_bad_steps}); "
+            f"stopped without saving, so the checkpoints in {run_folder(args)} are the last good ones. Lower --lr, "
+            "add --warmup-epochs or check the data; --max-bad-steps N skips up to N such steps per epoch")
+    return bad
+
+
+def train_step(model: nn.Module, images, target, criterion, optimizer, scaler, amp_dtype,
+               guard: NonFiniteGuard | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimisation step; returns (output, loss) without reading anything back to the host. With a
+    ``guard``, a step whose loss or gradients are not finite is counted and makes no update."""
     with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         output = model(images)
         loss = criterion(output, target)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
+    if guard is not None:
+        guard.count(loss)
+        if not scaler.is_enabled():
+            guard.flag_nonfinite_gradients(model, optimizer)
     scaler.step(optimizer)
     scaler.update()
+    optimizer.__dict__.pop("found_inf", None)
     return output, loss
 
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader, device, memory_format, amp_dtype, ctx: distributed.Context,
-             args) -> dict[str, float]:
+             args, log: RunLog) -> dict[str, float]:
     """Loss and top-1/top-5 over the whole validation set; each process evaluates its own share of the
     images and the sums are added, so every image counts exactly once whatever the number of processes."""
     model.eval()
     criterion = nn.CrossEntropyLoss(reduction="sum")
     sums = RunningSums(device)
-    for images, target in tqdm(loader, desc="Val", dynamic_ncols=True, leave=False,
-                               disable=not show_progress(ctx.is_main, args.no_progress)):
-        images, target = to_device(images, target, device, memory_format)
+    bad_images = 0
+    for batch in tqdm(loader, desc="Val", dynamic_ncols=True, leave=False,
+                      disable=not show_progress(ctx.is_main, args.no_progress)):
+        bad_images += report_skipped(skipped_images(batch), log)
+        if len(batch[1]) == 0:  # every image of the batch was unreadable
+            continue
+        images, target = to_device(batch[0], batch[1], device, memory_format)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             output = model(images)
         output = output.float()
         sums.update(criterion(output, target), output, target)
-    return sums.averages(reduce=True)
+    return {**sums.averages(reduce=True), "bad_images": total_over_processes(bad_images, device)}
 
 
 def final_line(metrics: dict[str, float]) -> str:
@@ -587,11 +673,12 @@ def report_evaluation(metrics: dict[str, float], args, checkpoint: Any, checkpoi
         "arch": args.arch, "attention_type": args.attention_type, "attention_param": args.attention_param,
         "checkpoint": checkpoint_path, "epoch": checkpoint.get("epoch") if isinstance(checkpoint, dict) else None,
         "top1": metrics["top1"], "top5": metrics["top5"], "loss": metrics["loss"], "n_images": metrics["count"],
+        "bad_images": metrics["bad_images"],
         "params_m": cost.params_m if cost else None, "gflops": cost.gflops if cost else None,
         "val_resize_size": args.val_resize_size, "val_crop_size": args.val_crop_size, "data": args.data,
     }
     if log.enabled:
-        assert metrics["count"] == n_val, (metrics["count"], n_val)
+        assert metrics["count"] + metrics["bad_images"] == n_val, (metrics["count"], metrics["bad_images"], n_val)
         log.print(final_line(metrics), to_file=True)
         stem = os.path.basename(checkpoint_path or "random-init").split(".")[0]
         json_path = args.eval_json or os.path.join(run_dir, f"eval_{stem}.json")
@@ -612,6 +699,9 @@ def cli(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
+    except TrainingError as error:
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

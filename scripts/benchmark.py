@@ -156,7 +156,6 @@ def suite_simam(args) -> dict:
         for implementation in ("reference", "eager"):
             networks.set_simam_implementation(implementation)
             counts[implementation] = saved_for_backward(networks.create_net(arch, "simam").to(device), images)
-        networks.set_simam_implementation("auto")
         memory[arch] = {
             kind: {"none_mb": counts["none"][kind] / 2 ** 20,
                    "paper_formula_overhead_pct": 100 * (counts["reference"][kind] / counts["none"][kind] - 1),
@@ -183,7 +182,7 @@ class TrainBench:
         self.model = torch.compile(model) if compile else model
         self.amp_dtype = amp_dtype_for(amp, device)
         recipe = argparse.Namespace(lr=0.1, momentum=0.9, weight_decay=1e-4)
-        self.optimizer = build_optimizer(model, recipe, self.amp_dtype)
+        self.optimizer = build_optimizer(model, recipe)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
         self.criterion = nn.CrossEntropyLoss()
         shape = (args.batch_size, 3, args.image_size, args.image_size)
@@ -289,7 +288,11 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda but CUDA is not available")
-    result = {"suite": args.suite, **environment(device), **SUITES[args.suite](args)}
+    chosen = networks.get_simam_implementation()
+    try:
+        result = {"suite": args.suite, **environment(device), **SUITES[args.suite](args)}
+    finally:  # suites switch implementations while they compare them
+        networks.set_simam_implementation(chosen)
     text = json.dumps(result, indent=None if args.json else 2)
     print(text, flush=True)
     name = args.suite + (f"-{args.arch}-{args.attention_type}" if args.suite in ("train", "eval") else "")

@@ -9,5 +9,9 @@ os.environ.setdefault("SIMAM_IMPL", "eager")
 
 
 @pytest.fixture(autouse=True)
-def _seed():
+def _seed_and_simam_implementation():
     torch.manual_seed(0)
+    yield
+    import networks  # a test that chose another SimAM implementation must not leak it into the next
+
+    networks.set_simam_implementation(os.environ["SIMAM_IMPL"])

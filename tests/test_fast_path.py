@@ -93,7 +93,7 @@ def test_training_steps_do_not_synchronise_the_gpu(data, tmp_path):
         [str(data), "--amp", "auto", "--channels-last", "--input-pipeline", "uint8", "-b", "8"])
     model = networks.create_net("resnet18", "simam", num_classes=4).cuda().to(memory_format=torch.channels_last)
     amp = amp_dtype_for("auto", torch.device("cuda"))
-    optimizer = main_imagenet.build_optimizer(model, args, amp)
+    optimizer = main_imagenet.build_optimizer(model, args)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
     criterion = torch.nn.CrossEntropyLoss()
     batch = (torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8).pin_memory(), torch.randint(0, 4, (8,)).pin_memory())

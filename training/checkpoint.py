@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import functools
+import hashlib
 import os
 import random
 from typing import Any, Mapping
@@ -13,16 +15,20 @@ from torch import nn
 
 import networks
 
-from .errors import UserError
+from .errors import UserError, one_line
 
 LATEST = "checkpoint.pth.tar"
+PREVIOUS = "checkpoint.prev.pth.tar"  # the checkpoint LATEST replaced: a fallback if LATEST is damaged
 BEST = "model_best.pth.tar"
+RESUME_CANDIDATES = (LATEST, PREVIOUS, BEST)
 
 
-def atomic_save(obj: Any, path: str) -> None:
+def atomic_save(obj: Any, path: str, keep_previous: str | None = None) -> None:
     """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
 
-    A crash at any point leaves either the old file or the new one, never a partial file.
+    A crash at any point leaves either the old file or the new one, never a partial file. With
+    ``keep_previous``, the file ``path`` held is kept under that name (a hard link, so ``path`` never
+    disappears; a rename where links are not supported).
     """
     folder = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
@@ -31,6 +37,8 @@ def atomic_save(obj: Any, path: str) -> None:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        if keep_previous and os.path.isfile(path):
+            _keep(path, keep_previous)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -43,9 +51,80 @@ def atomic_save(obj: Any, path: str) -> None:
         os.close(dir_fd)
 
 
-def resolve_path(path: str) -> str:
-    """``--resume`` may name a file or a run folder (then its latest checkpoint)."""
-    return os.path.join(path, LATEST) if os.path.isdir(path) else path
+MANIFEST = "manifest.csv"
+
+
+def sha256_of(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def manifest_entry(path: str) -> tuple[str, dict[str, str]] | None:
+    """The row for ``path`` in the nearest ``manifest.csv`` of its folder or a folder above (columns file,
+    arch, attention_type, attention_param, sha256; file relative to the manifest), as (manifest, row)."""
+    target = os.path.realpath(path)
+    folder = os.path.dirname(target)
+    while True:
+        manifest = os.path.join(folder, MANIFEST)
+        if os.path.isfile(manifest):
+            with open(manifest, newline="") as f:
+                rows = csv.DictReader(line for line in f if not line.lstrip().startswith("#"))
+                for row in rows:
+                    listed = (row.get("file") or "").strip()
+                    if listed and os.path.realpath(os.path.join(folder, listed)) == target:
+                        return manifest, row
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return None
+        folder = parent
+
+
+def verify_manifest(path: str) -> str | None:
+    """Check ``path`` against the sha256 a manifest lists for it; a mismatch is a ``UserError``. Returns the
+    manifest's path when a digest was checked."""
+    entry = manifest_entry(path)
+    if entry is None or not (entry[1].get("sha256") or "").strip():
+        return None
+    manifest, row = entry
+    expected, actual = row["sha256"].strip().lower(), sha256_of(path)
+    if actual != expected:
+        raise UserError(f"{path}: sha256 {actual} does not match {expected} listed in {manifest}; refusing it "
+                        "(a damaged or different file: download it again or correct the manifest)")
+    return manifest
+
+
+def _keep(path: str, previous: str) -> None:
+    link = f"{previous}.link{os.getpid()}"
+    try:
+        os.link(path, link)
+        os.replace(link, previous)
+    except OSError:
+        os.replace(path, previous)
+
+
+def newest_valid_checkpoint(run_dir: str, report=print) -> tuple[str, Any] | None:
+    """The readable checkpoint of ``run_dir`` (latest, previous, best) that is furthest into training, as
+    ``(path, checkpoint)``; a damaged or truncated file is skipped and reported. None if there is none."""
+    found = []
+    for name in RESUME_CANDIDATES:
+        path = os.path.join(run_dir, name)
+        if not os.path.isfile(path):
+            continue
+        try:
+            checkpoint = networks.load_checkpoint_file(path)
+            if not isinstance(checkpoint, dict) or "epoch" not in checkpoint:
+                raise ValueError("not a training checkpoint")
+        except ValueError as error:
+            report(f"=> skipping {path}: {one_line(error)}")
+            continue
+        found.append(((int(checkpoint["epoch"]), int(checkpoint.get("iteration", 0))), path, checkpoint))
+    if not found:
+        return None
+    _, path, checkpoint = max(found, key=lambda item: item[0])  # ties: the first in candidate order
+    return path, checkpoint
 
 
 def read_checkpoint(path: str) -> Any:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_worker_info
 from torchvision import datasets
 
 try:
@@ -99,10 +99,15 @@ class SyntheticImages(Dataset):
 
 
 class SeededSamples(Dataset):
-    """Wraps a dataset so that an item ``(index, seed)`` is loaded with the torch RNG seeded by ``seed``."""
+    """Wraps a dataset so that an item ``(index, seed)`` is loaded with the torch RNG seeded by ``seed``.
 
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
+    With ``skip_bad_images`` an unreadable image is replaced by the next readable one (the batch keeps its
+    size, so DDP processes stay in step) and items are ``(image, target, skipped)``, ``skipped`` naming the
+    files passed over ('' when none).
+    """
+
+    def __init__(self, dataset: Dataset, skip_bad_images: bool = False) -> None:
+        self.dataset, self.skip_bad_images = dataset, skip_bad_images
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -111,10 +116,56 @@ class SeededSamples(Dataset):
         index, seed = item
         if get_worker_info() is not None:  # a worker process owns its RNG, and uses only the CPU's: seed that
             torch.default_generator.manual_seed(seed)  # (torch.manual_seed's other devices cost 0.1 ms a sample)
-            return self.dataset[index]
+            return self._load(index)
         with torch.random.fork_rng(devices=[]):  # loading in the main process: leave its RNG alone
             torch.manual_seed(seed)
+            return self._load(index)
+
+    def _load(self, index: int):
+        if not self.skip_bad_images:
             return self.dataset[index]
+        skipped = []
+        for attempt in range(min(len(self.dataset), 100)):
+            try:
+                image, target = self.dataset[(index + attempt) % len(self.dataset)]
+                return image, target, "\n".join(skipped)
+            except BadImageError as error:
+                skipped.append(str(error))
+        raise BadImageError(f"{len(skipped)} images in a row cannot be read, the last: {skipped[-1]}")
+
+
+class DropBadImages(Dataset):
+    """``--skip-bad-images`` for validation: an unreadable image is left out (each image counts at most once);
+    items are ``(image, target, '')`` or ``(None, None, message)``, batched by ``collate_readable``."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        try:
+            return (*self.dataset[index], "")
+        except BadImageError as error:
+            return None, None, str(error)
+
+
+def collate_readable(items):
+    """Batch the readable items of ``DropBadImages``; the third element lists what was left out."""
+    readable = [item[:2] for item in items if item[0] is not None]
+    skipped = "\n".join(item[2] for item in items if item[2])
+    if not readable:
+        return torch.empty(0), torch.empty(0, dtype=torch.long), [skipped]
+    images, targets = default_collate(readable)
+    return images, targets, [skipped]
+
+
+def skipped_images(batch) -> list[str]:
+    """The messages naming the images a batch passed over (``--skip-bad-images``); [] for plain batches."""
+    if len(batch) < 3:
+        return []
+    return [line for entry in batch[2] for line in entry.splitlines() if line]
 
 
 class TrainSampler(Sampler):
@@ -190,9 +241,18 @@ def build_data(args, world_size: int, rank: int, seed: int, batch_per_process: i
                             f"only in val/: {only_val[:5]}")
     loader_options = dict(batch_size=batch_per_process, num_workers=workers, pin_memory=pin_memory,
                           persistent_workers=workers > 0)
+    skip_bad = getattr(args, "skip_bad_images", False)
     train_loader = None
     if train_set is not None:
         sampler = TrainSampler(len(train_set), world_size, rank, seed)
-        train_loader = DataLoader(SeededSamples(train_set), sampler=sampler, **loader_options)
-    val_loader = DataLoader(val_set, sampler=EvalShard(len(val_set), world_size, rank), **loader_options)
+        # a last batch of one image would stop BatchNorm ("more than 1 value per channel"): leave it out
+        drop_last = sampler.per_replica % batch_per_process == 1
+        train_loader = DataLoader(SeededSamples(train_set, skip_bad), sampler=sampler, drop_last=drop_last,
+                                  **loader_options)
+    val_sampler = EvalShard(len(val_set), world_size, rank)
+    if skip_bad:
+        val_loader = DataLoader(DropBadImages(val_set), sampler=val_sampler, collate_fn=collate_readable,
+                                **loader_options)
+    else:
+        val_loader = DataLoader(val_set, sampler=val_sampler, **loader_options)
     return Data(train_loader, val_loader, list(val_set.classes))

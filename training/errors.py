@@ -7,6 +7,11 @@ class UserError(Exception):
     """Bad input (missing data, bad flag, unusable checkpoint): ``main_imagenet`` prints it and exits 2."""
 
 
+class TrainingError(Exception):
+    """Training cannot go on (non-finite loss, a checkpoint that cannot be written): printed as one line,
+    exit status 1. The last good checkpoints are left as they were."""
+
+
 class BadImageError(UserError):
     """An image file that cannot be decoded. Raised in data-loading workers, so it takes one string."""
 

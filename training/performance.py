@@ -8,6 +8,8 @@ from torch import Tensor
 from .presets import PIPELINES as INPUT_PIPELINES
 from .presets import normalize_on_device
 
+__all__ = ["AMP_CHOICES", "FAST_SETTINGS", "INPUT_PIPELINES", "amp_dtype_for", "native_bf16", "to_device"]
+
 AMP_CHOICES = ("off", "fp16", "bf16", "auto")
 _AMP_DTYPES = {"off": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 

@@ -299,6 +299,7 @@ def run(ctx: distributed.Context, args: argparse.Namespace) -> dict[str, Any]:
     run_dir = run_folder(args)
     if ctx.is_main:
         os.makedirs(run_dir, exist_ok=True)
+        remove_partial_saves(run_dir)
     if ours and checkpoint.get("classes") not in (None, data.classes):
         raise UserError(f"{checkpoint_path} was trained on other classes than {args.data}'s "
                         f"(first ones: {checkpoint['classes'][:3]} vs {data.classes[:3]})")
@@ -516,6 +517,13 @@ def checkpoint_state(*, epoch: int, iteration: int, iterations_per_epoch: int, m
         "num_classes": len(classes), "classes": classes, "seed": seed, "sums": sums,
         "args": recipe_of(args), "rng": capture_rng(), "torch_version": str(torch.__version__),
     }
+
+
+def remove_partial_saves(run_dir: str) -> None:
+    """Temporary files a killed process left behind while saving (the files they were to replace are whole)."""
+    for name in os.listdir(run_dir):
+        if (name.startswith(".") and ".pth.tar.tmp" in name) or ".pth.tar.link" in name:
+            os.remove(os.path.join(run_dir, name))
 
 
 def save_checkpoint(saved: dict[str, Any], run_dir: str, best: bool = False) -> None:

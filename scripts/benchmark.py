@@ -171,7 +171,8 @@ class TrainBench:
     """One model, optimizer and batch with given settings; ``step()`` is the project's training step."""
 
     def __init__(self, args, device: torch.device, *, amp: str, channels_last: bool, compile: bool,
-                 simam_impl: str, uint8: bool, attention_type: str | None = None) -> None:
+                 simam_impl: str, uint8: bool, attention_type: str | None = None,
+                 release_optimizer: bool = False) -> None:
         torch.manual_seed(0)
         self.device, self.simam_impl = device, simam_impl
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -182,7 +183,10 @@ class TrainBench:
         self.model = torch.compile(model) if compile else model
         self.amp_dtype = amp_dtype_for(amp, device)
         recipe = argparse.Namespace(lr=0.1, momentum=0.9, weight_decay=1e-4)
-        self.optimizer = build_optimizer(model, recipe)
+        # the project's optimizer, or the release's (torch's default SGD implementation)
+        self.optimizer = (build_optimizer(model, recipe) if not release_optimizer else
+                          torch.optim.SGD(model.parameters(), recipe.lr, momentum=recipe.momentum,
+                                          weight_decay=recipe.weight_decay))
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
         self.criterion = nn.CrossEntropyLoss()
         shape = (args.batch_size, 3, args.image_size, args.image_size)
@@ -209,7 +213,7 @@ def recommended_and_release(args, device: torch.device) -> dict[str, TrainBench]
         benches["no_attention"] = TrainBench(args, device, **recommended, attention_type="none")
     if not args.no_baseline:  # the release: fp32, eager, contiguous, the paper's SimAM formula
         benches["release"] = TrainBench(args, device, amp="off", channels_last=False, compile=False,
-                                        simam_impl="reference", uint8=False)
+                                        simam_impl="reference", uint8=False, release_optimizer=True)
     return benches
 
 

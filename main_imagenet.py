@@ -19,6 +19,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import sys
 import time
@@ -539,9 +540,12 @@ def save_checkpoint(saved: dict[str, Any], run_dir: str, best: bool = False) -> 
         path = os.path.join(run_dir, name)
         try:
             atomic_save(saved, path, keep_previous=os.path.join(run_dir, PREVIOUS) if name == LATEST else None)
-        except OSError as error:
-            raise TrainingError(f"cannot write {path}: {error.strerror or error} (disk full or read-only?); the "
-                                f"checkpoint that was there is unchanged; make room and continue with --resume {run_dir}") from None
+        except (OSError, RuntimeError) as error:  # torch's writer reports a full disk as a RuntimeError
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else one_line(error)
+            free_mb = shutil.disk_usage(run_dir).free / 2 ** 20
+            raise TrainingError(f"cannot write {path}: {reason} ({free_mb:.0f} MB free there: disk full or read-only?); "
+                                f"the checkpoint that was there is unchanged; make room and continue with --resume "
+                                f"{run_dir}") from None
 
 
 def broadcast_buffers(model: nn.Module) -> None:

@@ -5,6 +5,8 @@ import errno
 import hashlib
 import json
 import os
+import re
+import subprocess
 
 import pytest
 import torch
@@ -106,8 +108,10 @@ def test_failing_save_is_reported_and_keeps_the_previous_checkpoint(data, tmp_pa
     monkeypatch.setattr(training.checkpoint.torch, "save", no_room)
     status = main_imagenet.cli(train_argv(data, tmp_path, "--resume", "auto", epochs=2))
     err = capsys.readouterr().err.strip().splitlines()
-    assert status == 1 and err[-1] == (f"error: cannot write {run_dir / LATEST}: {reason} (disk full or read-only?); the "
-                                       f"checkpoint that was there is unchanged; make room and continue with --resume {run_dir}")
+    assert status == 1 and len(err) == 1
+    assert re.fullmatch(rf"error: cannot write {re.escape(str(run_dir / LATEST))}: {reason} \(\d+ MB free there: disk "
+                        rf"full or read-only\?\); the checkpoint that was there is unchanged; make room and continue "
+                        rf"with --resume {re.escape(str(run_dir))}", err[0]), err
     assert {name: digest(run_dir / name) for name in (LATEST, BEST)} == before
     assert not [name for name in os.listdir(run_dir) if ".tmp" in name]
 
@@ -213,3 +217,27 @@ def test_a_last_batch_of_one_image_does_not_stop_training(tmp_path):
     result = run_main(train_argv(root, tmp_path, epochs=1))
     saved = torch.load(tmp_path / RUN / LATEST, weights_only=True)
     assert saved["iterations_per_epoch"] == 2 and result["epoch"] == 0
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 45 MB tmpfs (needs mount rights: root in a container that allows it)."""
+    mountpoint = tmp_path / "small_disk"
+    mountpoint.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=45m", "tmpfs", str(mountpoint)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.decode().strip() or done.returncode}")
+    yield mountpoint
+    subprocess.run(["umount", str(mountpoint)], check=True)
+
+
+def test_a_full_disk_stops_the_run_and_keeps_the_previous_checkpoint(data, small_disk, capsys):
+    """A real ENOSPC: MobileNetV2 checkpoints (~18 MB) fit twice (latest and best), not a third time."""
+    argv = train_argv(data, small_disk, arch="mobilenet_v2", epochs=3)
+    status = main_imagenet.cli(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    run_dir = small_disk / "imagenet-mobilenet_v2-simam-param0.1-seed0"
+    assert status == 1 and len(err) == 1 and err[0].startswith(f"error: cannot write {run_dir / LATEST}: "), err
+    assert "MB free there: disk full or read-only?" in err[0]
+    assert torch.load(run_dir / LATEST, weights_only=True)["epoch"] == 1
+    assert not [name for name in os.listdir(run_dir) if ".tmp" in name]

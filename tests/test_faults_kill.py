@@ -4,6 +4,7 @@ loadable, and a run that continues from them."""
 
 import os
 import queue
+import random
 import re
 import signal
 import subprocess
@@ -213,3 +214,19 @@ def parent_of(pid: str) -> int:
             return int(f.read().rsplit(")", 1)[1].split()[1])
     except OSError:
         return -1
+
+
+def test_repeated_sigkill_at_random_moments_then_resume_auto_finishes(data, tmp_path):
+    """Kill at random moments (seeded), restart with --resume auto each time: every file stays whole and the
+    run gets to the end."""
+    rng = random.Random(0)
+    run_dir = tmp_path / RUN
+    for delay in (rng.uniform(2, 8) for _ in range(3)):
+        run = Training(argv(data, tmp_path, "--resume", "auto", epochs=3))
+        time.sleep(delay)
+        run.kill()
+        if run_dir.is_dir():
+            for name in os.listdir(run_dir):
+                if name.endswith(".pth.tar"):
+                    loadable(run_dir / name)
+    resume_to_the_end(data, tmp_path, epochs=3)

@@ -19,7 +19,6 @@ import json
 import math
 import os
 import random
-import shutil
 import signal
 import sys
 import time
@@ -35,9 +34,9 @@ from tqdm import tqdm
 
 import networks
 from training import distributed
-from training.checkpoint import (BEST, LATEST, PREVIOUS, RESUME_CANDIDATES, atomic_save, capture_rng,
-                                 identify_layouts, load_weights, newest_valid_checkpoint, read_checkpoint,
-                                 restore_rng, verify_manifest, weights_of)
+from training.checkpoint import (BEST, LATEST, RESUME_CANDIDATES, atomic_save, capture_rng, identify_layouts,
+                                 load_weights, newest_valid_checkpoint, read_checkpoint, remove_partial_saves,
+                                 restore_rng, save_checkpoint, verify_manifest, weights_of)
 from training.config import parse_with_config, recipe_of, save_config
 from training.data import build_data, skipped_images
 from training.errors import TrainingError, UserError, one_line
@@ -520,34 +519,6 @@ def checkpoint_state(*, epoch: int, iteration: int, iterations_per_epoch: int, m
     }
 
 
-def remove_partial_saves(run_dir: str) -> None:
-    """Temporary files a killed process left behind while saving (the files they were to replace are whole)."""
-    for name in os.listdir(run_dir):
-        if (name.startswith(".") and ".pth.tar.tmp" in name) or ".pth.tar.link" in name:
-            os.remove(os.path.join(run_dir, name))
-
-
-def save_checkpoint(saved: dict[str, Any], run_dir: str, best: bool = False) -> None:
-    """Write the run's latest checkpoint (the one it replaces is kept as the previous) and, for a new best,
-    the best one. Weights that are not finite are never written; a failed write is a ``TrainingError`` and
-    leaves the files that were there as they were."""
-    broken = [key for key, value in saved["state_dict"].items()
-              if value.is_floating_point() and not torch.isfinite(value).all()]
-    if broken:
-        raise TrainingError(f"the model's {broken[0]} (and {len(broken) - 1} more) are NaN/inf; nothing was saved, so "
-                            f"the checkpoints in {run_dir} are the last good ones. Lower --lr or add --warmup-epochs")
-    for name in (LATEST, BEST) if best else (LATEST,):
-        path = os.path.join(run_dir, name)
-        try:
-            atomic_save(saved, path, keep_previous=os.path.join(run_dir, PREVIOUS) if name == LATEST else None)
-        except (OSError, RuntimeError) as error:  # torch's writer reports a full disk as a RuntimeError
-            reason = error.strerror if isinstance(error, OSError) and error.strerror else one_line(error)
-            free_mb = shutil.disk_usage(run_dir).free / 2 ** 20
-            raise TrainingError(f"cannot write {path}: {reason} ({free_mb:.0f} MB free there: disk full or read-only?); "
-                                f"the checkpoint that was there is unchanged; make room and continue with --resume "
-                                f"{run_dir}") from None
-
-
 def broadcast_buffers(model: nn.Module) -> None:
     if dist.is_initialized():
         for buffer in model.buffers():
@@ -623,7 +594,7 @@ def total_over_processes(count: int, device: torch.device) -> int:
 def check_nonfinite(guard: NonFiniteGuard, epoch: int, args) -> int:
     """Steps of this epoch (all processes) whose loss was NaN/inf; more than ``--max-bad-steps`` stops the run
     before anything is saved."""
-    bad = total_over_processes(guard.read(), guard.bad_steps.device) if dist.is_initialized() else guard.read()
+    bad = guard.read()
     if bad > args.max_bad_steps:
         raise TrainingError(
             f"the training loss was NaN/inf in {bad} step(s) of epoch {epoch} (--max-bad-steps {args.max_bad_steps}); "

@@ -7,6 +7,7 @@ import functools
 import hashlib
 import os
 import random
+import shutil
 from typing import Any, Mapping
 
 import numpy as np
@@ -15,7 +16,7 @@ from torch import nn
 
 import networks
 
-from .errors import UserError, one_line
+from .errors import TrainingError, UserError, one_line
 
 LATEST = "checkpoint.pth.tar"
 PREVIOUS = "checkpoint.prev.pth.tar"  # the checkpoint LATEST replaced: a fallback if LATEST is damaged
@@ -49,6 +50,64 @@ def atomic_save(obj: Any, path: str, keep_previous: str | None = None) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _keep(path: str, previous: str) -> None:
+    link = f"{previous}.link{os.getpid()}"
+    try:
+        os.link(path, link)
+        os.replace(link, previous)
+    except OSError:
+        os.replace(path, previous)
+
+
+def remove_partial_saves(run_dir: str) -> None:
+    """Temporary files a killed process left behind while saving (the files they were to replace are whole)."""
+    for name in os.listdir(run_dir):
+        if (name.startswith(".") and ".pth.tar.tmp" in name) or ".pth.tar.link" in name:
+            os.remove(os.path.join(run_dir, name))
+
+
+def save_checkpoint(saved: dict[str, Any], run_dir: str, best: bool = False) -> None:
+    """Write the run's latest checkpoint (the one it replaces is kept as the previous) and, for a new best,
+    the best one. Weights that are not finite are never written; a failed write is a ``TrainingError`` and
+    leaves the files that were there as they were."""
+    broken = [key for key, value in saved["state_dict"].items()
+              if value.is_floating_point() and not torch.isfinite(value).all()]
+    if broken:
+        raise TrainingError(f"the model's {broken[0]} (and {len(broken) - 1} more) are NaN/inf; nothing was saved, so "
+                            f"the checkpoints in {run_dir} are the last good ones. Lower --lr or add --warmup-epochs")
+    for name in (LATEST, BEST) if best else (LATEST,):
+        path = os.path.join(run_dir, name)
+        try:
+            atomic_save(saved, path, keep_previous=os.path.join(run_dir, PREVIOUS) if name == LATEST else None)
+        except (OSError, RuntimeError) as error:  # torch's writer reports a full disk as a RuntimeError
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else one_line(error)
+            free_mb = shutil.disk_usage(run_dir).free / 2 ** 20
+            raise TrainingError(f"cannot write {path}: {reason} ({free_mb:.0f} MB free there: disk full or read-only?); "
+                                f"the checkpoint that was there is unchanged; make room and continue with --resume "
+                                f"{run_dir}") from None
+
+
+def newest_valid_checkpoint(run_dir: str, report=print) -> tuple[str, Any] | None:
+    """The readable checkpoint of ``run_dir`` (latest, previous, best) that is furthest into training, as
+    ``(path, checkpoint)``; a damaged or truncated file is skipped and reported. None if there is none."""
+    found, furthest = None, None
+    for name in RESUME_CANDIDATES:
+        path = os.path.join(run_dir, name)
+        if not os.path.isfile(path):
+            continue
+        try:
+            checkpoint = networks.load_checkpoint_file(path)
+            if not isinstance(checkpoint, dict) or "epoch" not in checkpoint:
+                raise ValueError("not a training checkpoint")
+        except ValueError as error:
+            report(f"=> skipping {path}: {one_line(error)}")
+            continue
+        progress = (int(checkpoint["epoch"]), int(checkpoint.get("iteration", 0)))
+        if furthest is None or progress > furthest:  # ties: the first in candidate order; only one kept in memory
+            found, furthest = (path, checkpoint), progress
+    return found
 
 
 MANIFEST = "manifest.csv"
@@ -94,37 +153,6 @@ def verify_manifest(path: str) -> str | None:
         raise UserError(f"{path}: sha256 {actual} does not match {expected} listed in {manifest}; refusing it "
                         "(a damaged or different file: download it again or correct the manifest)")
     return manifest
-
-
-def _keep(path: str, previous: str) -> None:
-    link = f"{previous}.link{os.getpid()}"
-    try:
-        os.link(path, link)
-        os.replace(link, previous)
-    except OSError:
-        os.replace(path, previous)
-
-
-def newest_valid_checkpoint(run_dir: str, report=print) -> tuple[str, Any] | None:
-    """The readable checkpoint of ``run_dir`` (latest, previous, best) that is furthest into training, as
-    ``(path, checkpoint)``; a damaged or truncated file is skipped and reported. None if there is none."""
-    found = []
-    for name in RESUME_CANDIDATES:
-        path = os.path.join(run_dir, name)
-        if not os.path.isfile(path):
-            continue
-        try:
-            checkpoint = networks.load_checkpoint_file(path)
-            if not isinstance(checkpoint, dict) or "epoch" not in checkpoint:
-                raise ValueError("not a training checkpoint")
-        except ValueError as error:
-            report(f"=> skipping {path}: {one_line(error)}")
-            continue
-        found.append(((int(checkpoint["epoch"]), int(checkpoint.get("iteration", 0))), path, checkpoint))
-    if not found:
-        return None
-    _, path, checkpoint = max(found, key=lambda item: item[0])  # ties: the first in candidate order
-    return path, checkpoint
 
 
 def read_checkpoint(path: str) -> Any:

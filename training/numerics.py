@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .distributed import all_reduce_sum
+
 
 class NonFiniteGuard:
     """Counts training steps whose loss is NaN/inf and skips their updates.
@@ -32,5 +34,5 @@ class NonFiniteGuard:
         optimizer.found_inf = self._found_inf
 
     def read(self) -> int:
-        """Non-finite steps so far (reads the device)."""
-        return int(self.bad_steps.item())
+        """Non-finite steps so far, summed over all processes (reads the device)."""
+        return int(all_reduce_sum(self.bad_steps.clone()).item())

@@ -34,14 +34,14 @@ from tqdm import tqdm
 
 import networks
 from training import distributed
-from training.checkpoint import (BEST, LATEST, RESUME_CANDIDATES, atomic_save, capture_rng, identify_layouts,
+from training.checkpoint import (BEST, LATEST, RESUME_CANDIDATES, atomic_save, capture_rng_per_process, identify_layouts,
                                  load_weights, newest_valid_checkpoint, read_checkpoint, remove_partial_saves,
-                                 restore_rng, save_checkpoint, verify_manifest, weights_of)
+                                 restore_rng, rng_of_process, save_checkpoint, verify_manifest, weights_of)
 from training.config import parse_with_config, recipe_of, save_config
 from training.data import build_data, skipped_images
 from training.errors import TrainingError, UserError, one_line
-from training.metrics import RunLog, RunningSums, progress_line, show_progress
-from training.numerics import NonFiniteGuard
+from training.metrics import RunLog, RunningSums, averages_of, progress_line, show_progress
+from training.optim import NonFiniteGuard, build_optimizer, load_optimizer_state, take_found_inf
 from training.performance import AMP_CHOICES, INPUT_PIPELINES, amp_dtype_for, to_device
 from training.schedule import build_scheduler
 from training.signals import StopRequest
@@ -92,7 +92,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     arg("--gpu", default=None, type=str,
         help="GPU ids to use, e.g. 0,1,2,3 (one process per GPU), or 'cpu' (default: GPU 0 if CUDA is available, else CPU)")
     arg("--multiprocessing-distributed", action="store_true",
-        help="one process per listed GPU on each of --world-size nodes (implied when --gpu lists several GPUs)")
+        help="the release's flag: one process per GPU (every visible GPU without --gpu) on each of --world-size "
+             "nodes; implied when --gpu lists several GPUs")
     arg("--ckpt", default="./ckpts/", help="folder to output checkpoints (a run folder is made inside)")
     arg("--attention_type", type=str, default=None,
         help=f"attention type: {', '.join(networks.ATTENTIONS)} (default: none, or the checkpoint's with --resume)")
@@ -147,7 +148,7 @@ def main(args: argparse.Namespace) -> dict[str, Any] | None:
     check_args(args)
     if distributed.launched_by_torchrun():
         return worker(torchrun_context(args), args)
-    devices = distributed.parse_gpus(args.gpu)
+    devices = distributed.parse_gpus(args.gpu, every_gpu=args.multiprocessing_distributed)
     nodes = max(args.world_size, 1)
     if len(devices) == 1 and nodes == 1:
         return worker(distributed.Context(device=devices[0]), args)
@@ -209,22 +210,22 @@ def spawned_context(local_rank: int, devices: list[torch.device], args: argparse
     return ctx
 
 
-def _spawned_worker(local_rank: int, devices: list[torch.device], args: argparse.Namespace) -> None:
+def _spawned_worker(local_rank: int, devices: list[torch.device], args: argparse.Namespace, errors) -> None:
+    """One spawned process. Its one-line error goes to the parent (``errors``), which prints the first one: a
+    corrupt image in any process's share is named, once."""
     try:
         worker(spawned_context(local_rank, devices, args), args)
-    except UserError as error:
-        if local_rank == 0:
-            print(f"error: {one_line(error)}", file=sys.stderr, flush=True)
-        sys.exit(2)
-    except TrainingError as error:
-        if local_rank == 0:
-            print(f"error: {one_line(error)}", file=sys.stderr, flush=True)
-        sys.exit(1)
+    except (UserError, TrainingError) as error:
+        errors.put(f"error: {one_line(error)}")
+        sys.exit(2 if isinstance(error, UserError) else 1)
+    except KeyboardInterrupt:  # a second Ctrl-C; torch's wrapper would report it as success
+        sys.exit(130)
 
 
 def spawn(devices: list[torch.device], args: argparse.Namespace) -> None:
     """One process per device; SIGTERM is passed on to them, Ctrl-C reaches them from the terminal."""
-    context = mp.start_processes(_spawned_worker, args=(devices, args), nprocs=len(devices), join=False,
+    errors = mp.get_context("spawn").SimpleQueue()
+    context = mp.start_processes(_spawned_worker, args=(devices, args, errors), nprocs=len(devices), join=False,
                                  start_method="spawn")
 
     def forward(signum, frame):
@@ -238,7 +239,9 @@ def spawn(devices: list[torch.device], args: argparse.Namespace) -> None:
         while not context.join():
             pass
     except mp.ProcessExitedException as error:  # join() has stopped the other processes
-        if error.exit_code not in (1, 2):  # 1 and 2: the process has printed its own error
+        if not errors.empty():
+            print(errors.get(), file=sys.stderr, flush=True)
+        else:
             print(f"error: {error}; the other processes were stopped; continue with --resume auto",
                   file=sys.stderr, flush=True)
         raise SystemExit(error.exit_code if error.exit_code and error.exit_code > 0 else 1) from None
@@ -248,6 +251,8 @@ def spawn(devices: list[torch.device], args: argparse.Namespace) -> None:
 
 
 def worker(ctx: distributed.Context, args: argparse.Namespace) -> dict[str, Any]:
+    if ctx.device.type == "cuda":  # --gpu 3: AMP's bf16 check, Triton and pinned memory must look at GPU 3
+        torch.cuda.set_device(ctx.device)
     previous = networks.get_simam_implementation()
     if args.simam_impl:  # per process: spawned processes start from the environment's choice
         networks.set_simam_implementation(args.simam_impl)
@@ -317,7 +322,7 @@ def run(ctx: distributed.Context, args: argparse.Namespace) -> dict[str, Any]:
                   f"{device.type}, batch {batch_per_process} per process | run folder {run_dir}")
     model.to(device, memory_format=memory_format)
     amp_dtype = amp_dtype_for(args.amp, device)
-    eval_model = torch.compile(model) if args.compile else model
+    eval_model = torch.compile(model, dynamic=False) if args.compile else model
     log.print(f"=> precision {str(amp_dtype).replace('torch.', '') if amp_dtype else 'fp32'}, "
               f"{'channels_last' if args.channels_last else 'contiguous'}, "
               f"{'torch.compile' if args.compile else 'eager'}, {args.input_pipeline} input pipeline"
@@ -333,14 +338,14 @@ def run(ctx: distributed.Context, args: argparse.Namespace) -> dict[str, Any]:
         return report_evaluation(result, args, checkpoint, checkpoint_path, cost, len(data.val_loader.dataset), run_dir, log)
 
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
-    optimizer = build_optimizer(model, args)
+    optimizer = build_optimizer(model, args.lr, args.momentum, args.weight_decay)
     iters_per_epoch = len(data.train_loader)
     scheduler = build_scheduler(optimizer, args, iters_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     start = {"epoch": args.start_epoch, "iteration": 0, "best_acc": 0.0, "sums": None}
     if checkpoint is not None:
         start = resume(checkpoint, checkpoint_path, ours, model, optimizer, scheduler, scaler, args, num_classes,
-                       iters_per_epoch)
+                       iters_per_epoch, ctx)
         log.print(f"=> resumed from {checkpoint_path} at epoch {start['epoch']}"
                   + (f", iteration {start['iteration']}" if start["iteration"] else ""), to_file=True)
     if args.save_weights:
@@ -354,7 +359,7 @@ def run(ctx: distributed.Context, args: argparse.Namespace) -> dict[str, Any]:
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     if args.compile:
-        train_model = torch.compile(train_model)
+        train_model = torch.compile(train_model, dynamic=False)  # a smaller last batch: its own graph
     if ctx.is_main:
         save_config(args, os.path.join(run_dir, "config.yaml"))
         log.forget_epochs_from(start["epoch"])
@@ -369,6 +374,7 @@ def run(ctx: distributed.Context, args: argparse.Namespace) -> dict[str, Any]:
             state = dict(epoch=epoch, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                          args=args, seed=seed, classes=data.classes, best_acc=best_acc,
                          iterations_per_epoch=iters_per_epoch)
+            state["rng_per_rank"] = capture_rng_per_process(device)  # every process takes part
             if train_stats["stopped"]:
                 path = os.path.join(run_dir, LATEST)
                 if ctx.is_main:
@@ -392,6 +398,7 @@ def run(ctx: distributed.Context, args: argparse.Namespace) -> dict[str, Any]:
                       "nonfinite_steps": train_stats["nonfinite_steps"],
                       "bad_images": train_stats["bad_images"] + val["bad_images"]}
             log.epoch(result)
+            state["rng_per_rank"] = capture_rng_per_process(device)
             if ctx.is_main:
                 state.update(epoch=epoch + 1, best_acc=best_acc)
                 save_checkpoint(checkpoint_state(iteration=0, sums=None, **state), run_dir, best=is_best)
@@ -460,32 +467,26 @@ def build_model(args: argparse.Namespace, num_classes: int) -> nn.Module:
         raise UserError(str(error)) from None
 
 
-def build_optimizer(model: nn.Module, args: argparse.Namespace) -> torch.optim.SGD:
-    """The release's SGD, as one fused kernel that takes an overflow flag on the device: steps with
-    non-finite gradients are skipped without the host waiting (the gradient scaler's flag under fp16,
-    ``NonFiniteGuard``'s otherwise). Momentum buffers start at zero, which is SGD's first step exactly
-    (buffer = gradient) and keeps a skipped first step from leaving them uninitialised."""
-    optimizer = torch.optim.SGD(model.parameters(), args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
-                                fused=True)
-    if args.momentum:
-        for parameter in model.parameters():
-            optimizer.state[parameter]["momentum_buffer"] = torch.zeros_like(parameter)
-    return optimizer
-
-
 def resume(checkpoint: Any, path: str, ours: bool, model: nn.Module, optimizer, scheduler, scaler,
-           args: argparse.Namespace, num_classes: int, iters_per_epoch: int) -> dict[str, Any]:
-    """Restore the weights and, as far as the file has them, the training state; returns where to start."""
+           args: argparse.Namespace, num_classes: int, iters_per_epoch: int,
+           ctx: distributed.Context) -> dict[str, Any]:
+    """Restore the weights and, as far as the file has them, the training state; returns where to start.
+
+    A release file gives the weights, the epoch, best_acc and its SGD state (momentum); the schedule is placed
+    at its epoch. Ours also give the schedule, the gradient scaler (when both runs use one), every process's
+    RNG states and the position inside an epoch.
+    """
     load_weights(model, weights_of(checkpoint, path), path, args.arch, args.attention_type, num_classes)
     if not isinstance(checkpoint, dict) or "epoch" not in checkpoint:
         return {"epoch": args.start_epoch, "iteration": 0, "best_acc": 0.0, "sums": None}
     try:
         if "optimizer" in checkpoint:
-            optimizer.load_state_dict(checkpoint["optimizer"])
+            load_optimizer_state(optimizer, checkpoint["optimizer"])
         if ours:
             scheduler.load_state_dict(checkpoint["scheduler"])
-            scaler.load_state_dict(checkpoint["scaler"])
-            restore_rng(checkpoint["rng"])
+            if checkpoint["scaler"]:  # empty when saved without fp16: a new scaler starts (and the reverse is ignored)
+                scaler.load_state_dict(checkpoint["scaler"])
+            restore_rng(rng_of_process(checkpoint, ctx.rank, ctx.world_size), ctx.device)
         else:  # the release's file: place the per-iteration schedule at the checkpoint's epoch
             scheduler.last_epoch = checkpoint["epoch"] * iters_per_epoch - 1
             scheduler.step()
@@ -502,7 +503,7 @@ def resume(checkpoint: Any, path: str, ours: bool, model: nn.Module, optimizer, 
 
 def checkpoint_state(*, epoch: int, iteration: int, iterations_per_epoch: int, model: nn.Module, optimizer,
                      scheduler, scaler, args: argparse.Namespace, seed: int, classes: list[str], best_acc: float,
-                     sums: list[float] | None) -> dict[str, Any]:
+                     sums: list[float] | None, rng_per_rank: list[dict[str, Any]]) -> dict[str, Any]:
     """The release's fields (epoch, arch, state_dict, best_acc, optimizer) plus all that exact resumption needs.
 
     ``epoch`` counts completed epochs; ``iteration`` > 0 marks a run stopped inside epoch ``epoch``.
@@ -515,7 +516,8 @@ def checkpoint_state(*, epoch: int, iteration: int, iterations_per_epoch: int, m
         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
         "attention_type": args.attention_type, "attention_param": args.attention_param,
         "num_classes": len(classes), "classes": classes, "seed": seed, "sums": sums,
-        "args": recipe_of(args), "rng": capture_rng(), "torch_version": str(torch.__version__),
+        "args": recipe_of(args), "rng": rng_per_rank[0], "rng_per_rank": rng_per_rank,
+        "torch_version": str(torch.__version__),
     }
 
 
@@ -542,13 +544,13 @@ def train_one_epoch(model, loader, criterion, optimizer, scheduler, scaler, epoc
     bar = tqdm(total=total, initial=start_iteration, desc=f"Epoch {epoch}", dynamic_ncols=True,
                disable=not show_progress(ctx.is_main, args.no_progress))
     images_seen, started = 0, time.perf_counter()
-    iteration = start_iteration
-    guard, bad_images = NonFiniteGuard(device), 0
+    iteration, synced = start_iteration, None
+    guard, bad_images = NonFiniteGuard(device, total), 0
     for iteration, batch in enumerate(loader, start=start_iteration):
         bad_images += report_skipped(skipped_images(batch), log)
         images, target = to_device(batch[0], batch[1], device, memory_format)
         step_lr = optimizer.param_groups[0]["lr"]
-        output, loss = train_step(model, images, target, criterion, optimizer, scaler, amp_dtype, guard)
+        output, loss = train_step(model, images, target, criterion, optimizer, scaler, amp_dtype, guard, iteration)
         scheduler.step()
         sums.update(torch.nan_to_num(loss.detach(), nan=0.0, posinf=0.0, neginf=0.0) * target.size(0), output, target)
         images_seen += target.size(0)
@@ -556,10 +558,11 @@ def train_one_epoch(model, loader, criterion, optimizer, scheduler, scaler, epoc
 
         at_print = iteration % args.print_freq == 0 or iteration == total - 1
         if at_print:
-            check_nonfinite(guard, epoch, args)
+            synced = synchronize(sums, guard, iteration, stop.requested, bad_images, device)
+            check_nonfinite(synced["nonfinite_steps"], epoch, args)
         if at_print or iteration % args.log_freq == 0:
-            line = progress_line(f"Epoch: [{epoch}]", iteration, total, sums.averages(),
-                                 f"Lr {step_lr:.4f}")
+            averages = synced["averages"] if at_print else sums.averages()
+            line = progress_line(f"Epoch: [{epoch}]", iteration, total, averages, f"Lr {step_lr:.4f}")
             if at_print:
                 bar.set_postfix_str(line.split("\t", 1)[1].replace("\t", " "), refresh=False)
                 if bar.disable:
@@ -567,16 +570,29 @@ def train_one_epoch(model, loader, criterion, optimizer, scheduler, scaler, epoc
             if iteration % args.log_freq == 0:
                 log.write(line)
         # One process checks its own flag every step; several agree at print intervals (no per-step sync).
-        if (stop.requested if not ctx.distributed else at_print and distributed.any_process(stop.requested, device)):
+        if stop.requested if not ctx.distributed else at_print and synced["stop"]:
             bar.close()
             return {"stopped": True, "iterations": iteration + 1, "sums": sums.state()}
     bar.close()
     elapsed = time.perf_counter() - started
-    stats = sums.averages(reduce=True)
+    if synced is None:  # resumed after the epoch's last step
+        synced = synchronize(sums, guard, total - 1, False, bad_images, device)
+    stats = synced["averages"]  # the last iteration is a print interval
     images_per_s = images_seen * ctx.world_size / elapsed if elapsed > 0 else 0.0
     return {"stopped": False, "iterations": iteration + 1, "lr": lr, "loss": stats["loss"], "top1": stats["top1"],
             "top5": stats["top5"], "time_s": elapsed, "images_per_s": images_per_s,
-            "nonfinite_steps": check_nonfinite(guard, epoch, args), "bad_images": total_over_processes(bad_images, device)}
+            "nonfinite_steps": synced["nonfinite_steps"], "bad_images": synced["bad_images"]}
+
+
+def synchronize(sums: RunningSums, guard: NonFiniteGuard, step: int, stop_requested: bool, bad_images: int,
+                device: torch.device) -> dict[str, Any]:
+    """What the processes agree on at a print interval, in one collective and one host read: the running
+    averages over all processes, the epoch's non-finite steps so far (a step counts once however many processes
+    saw it), whether any process was asked to stop, and the images skipped so far."""
+    flags = sums.sums.new_tensor([float(stop_requested), float(bad_images)])
+    values = distributed.all_reduce_sum(torch.cat([sums.packed(), flags, guard.pending(step)])).tolist()
+    return {"averages": averages_of(values[:4]), "stop": values[4] > 0, "bad_images": int(values[5]),
+            "nonfinite_steps": guard.add_counted(step, values[6:])}
 
 
 def report_skipped(messages: list[str], log: RunLog) -> int:
@@ -591,34 +607,33 @@ def total_over_processes(count: int, device: torch.device) -> int:
     return int(distributed.all_reduce_sum(torch.tensor(count, dtype=torch.int64, device=device)).item())
 
 
-def check_nonfinite(guard: NonFiniteGuard, epoch: int, args) -> int:
-    """Steps of this epoch (all processes) whose loss was NaN/inf; more than ``--max-bad-steps`` stops the run
+def check_nonfinite(bad_steps: int, epoch: int, args) -> None:
+    """More than ``--max-bad-steps`` steps of this epoch with a NaN/inf loss (on any process) stop the run
     before anything is saved."""
-    bad = guard.read()
-    if bad > args.max_bad_steps:
+    if bad_steps > args.max_bad_steps:
         raise TrainingError(
-            f"the training loss was NaN/inf in {bad} step(s) of epoch {epoch} (--max-bad-steps {args.max_bad_steps}); "
+            f"the training loss was NaN/inf in {bad_steps} step(s) of epoch {epoch} (--max-bad-steps {args.max_bad_steps}); "
             f"stopped without saving, so the checkpoints in {run_folder(args)} are the last good ones. Lower --lr, "
             "add --warmup-epochs or check the data; --max-bad-steps N skips up to N such steps per epoch")
-    return bad
 
 
 def train_step(model: nn.Module, images, target, criterion, optimizer, scaler, amp_dtype,
-               guard: NonFiniteGuard | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               guard: NonFiniteGuard | None = None, step: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimisation step; returns (output, loss) without reading anything back to the host. With a
-    ``guard``, a step whose loss or gradients are not finite is counted and makes no update."""
+    ``guard``, a step whose loss is not finite is marked as step ``step`` and one whose gradients are not
+    finite makes no update."""
     with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         output = model(images)
         loss = criterion(output, target)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     if guard is not None:
-        guard.count(loss)
+        guard.mark(loss, step)
         if not scaler.is_enabled():
             guard.flag_nonfinite_gradients(model, optimizer)
     scaler.step(optimizer)
     scaler.update()
-    optimizer.__dict__.pop("found_inf", None)
+    take_found_inf(optimizer)
     return output, loss
 
 

@@ -19,26 +19,68 @@ def strip_prefix(state_dict: StateDict, prefix: str = "module.") -> dict[str, to
     return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state_dict.items()}
 
 
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since torch 1.6
+PICKLE_PROTOCOL_2 = b"\x80\x02"  # torch.save's legacy format (a pickled magic number first)
+
+
 def load_checkpoint_file(path: str | os.PathLike) -> object:
     """``torch.load(path, weights_only=True)`` on CPU, with one-line ``ValueError``s for unusable files.
 
     Only tensors and plain containers are accepted: a file that would run code when unpickled is refused
-    and nothing in it is executed.
+    (naming what it would import) and nothing in it is executed. A file that is not a torch file at all (a web
+    page saved in place of a download, a text file) and a truncated or damaged one are told apart from that.
     """
     if not os.path.isfile(path):
         raise ValueError(f"checkpoint not found: {path}")
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if not head.startswith((ZIP_MAGIC, PICKLE_PROTOCOL_2)):
+        raise ValueError(f"{path}: not a checkpoint: {what_it_looks_like(head)}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        if "Weights only load failed" in str(error):
-            found = re.search(r"Unsupported (global|operand)[^.\n]*?: ([^\s]+( [^\s]+)?)", str(error))
-            what = f" ({found.group(0)})" if found else ""
-            raise ValueError(f"{path}: refused: the file holds Python objects that would run code when "
-                             f"loaded{what}; only tensors and plain containers are accepted; nothing was executed") from None
-        raise ValueError(f"{path}: not a checkpoint ({str(error).splitlines()[0]})") from None
+        if "Weights only load failed" not in str(error):
+            raise ValueError(f"{path}: not a checkpoint: damaged ({_first_line(error)})") from None
+        found = re.search(r"GLOBAL ([\w.]+)|[Uu]nsupported operand[^\n]*?(\d+)", str(error))
+        what = f" (it would import {found.group(1)})" if found and found.group(1) else (
+            f" (unsupported pickle operand {found.group(2)})" if found else "")
+        raise ValueError(f"{path}: refused: the file holds Python objects that would run code when loaded{what}; "
+                         "only tensors and plain containers are accepted; nothing was executed") from None
     except (KeyError, RuntimeError, EOFError, OSError, ValueError) as error:
-        first_line = str(error).splitlines()[0] if str(error) else ""
-        raise ValueError(f"{path}: not a checkpoint ({type(error).__name__}: {first_line})") from None
+        raise ValueError(f"{path}: not a checkpoint: truncated or damaged ({_damage(error)}); "
+                         "download or copy it again") from None
+
+
+def what_it_looks_like(head: bytes) -> str:
+    """A short description of a file that is not a torch file, from its first bytes."""
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if text.startswith((b"<!doctype html", b"<html", b"<head", b"<meta")) or b"<html" in text:
+        return ("it is an HTML page: the download saved a web page instead of the file (Google Drive answers "
+                "wget/curl with a warning page for large files; see checkpoints/README.md)")
+    if not head:
+        return "the file is empty"
+    try:
+        sample = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "its first bytes are neither a zip archive nor a pickle, the two formats torch.save writes"
+    first = sample.strip().splitlines()[0][:40] if sample.strip() else ""
+    return f"it is a text file (it starts with {first!r})"
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def _damage(error: BaseException) -> str:
+    """torch's reasons for an unreadable zip or pickle, in a few words."""
+    message = str(error)
+    if "central directory" in message:
+        return "the end of the zip archive is missing"
+    if isinstance(error, EOFError) or "EOF" in message or "file read failed" in message:
+        return "the file ends early"
+    if "PytorchStreamReader" in message:
+        return "a record of the zip archive cannot be read"
+    return f"{type(error).__name__}: {_first_line(error)[:120]}"
 
 
 def state_dict_of(checkpoint: object, path: str | os.PathLike = "checkpoint") -> dict[str, torch.Tensor]:

@@ -11,6 +11,7 @@ import networks
 from helpers import TINY, direct_accuracy, train_argv
 from scripts.make_sample_data import make_dataset
 from test_main_imagenet import run_main, same_training_state
+from training.optim import build_optimizer
 from training.performance import amp_dtype_for, to_device
 from training.presets import IMAGENET_MEAN, IMAGENET_STD
 
@@ -93,7 +94,7 @@ def test_training_steps_do_not_synchronise_the_gpu(data, tmp_path):
         [str(data), "--amp", "auto", "--channels-last", "--input-pipeline", "uint8", "-b", "8"])
     model = networks.create_net("resnet18", "simam", num_classes=4).cuda().to(memory_format=torch.channels_last)
     amp = amp_dtype_for("auto", torch.device("cuda"))
-    optimizer = main_imagenet.build_optimizer(model, args)
+    optimizer = build_optimizer(model, args.lr, args.momentum, args.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
     criterion = torch.nn.CrossEntropyLoss()
     batch = (torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8).pin_memory(), torch.randint(0, 4, (8,)).pin_memory())

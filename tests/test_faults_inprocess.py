@@ -79,19 +79,18 @@ def test_tolerated_nan_steps_make_no_update_and_are_counted(data, tmp_path, monk
 
 def test_skipped_step_leaves_weights_and_momentum_untouched():
     """The overflow flag reaches the fused SGD kernel: the step is skipped on the device."""
-    from training.numerics import NonFiniteGuard
+    from training.optim import NonFiniteGuard, build_optimizer
 
     model = nn.Linear(3, 2)
-    args = main_imagenet.get_args_parser().parse_args(["--lr", "0.1"])
-    optimizer = main_imagenet.build_optimizer(model, args)
+    optimizer = build_optimizer(model, lr=0.1, momentum=0.9, weight_decay=1e-4)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    guard = NonFiniteGuard(torch.device("cpu"))
+    guard = NonFiniteGuard(torch.device("cpu"), steps=2)
     x, y = torch.randn(4, 3), torch.tensor([0, 1, 0, 1])
-    main_imagenet.train_step(model, x, y, nn.CrossEntropyLoss(), optimizer, scaler, None, guard)
+    main_imagenet.train_step(model, x, y, nn.CrossEntropyLoss(), optimizer, scaler, None, guard, 0)
     weights = [p.detach().clone() for p in model.parameters()]
     momentum = [optimizer.state[p]["momentum_buffer"].clone() for p in model.parameters()]
-    main_imagenet.train_step(model, x * float("inf"), y, nn.CrossEntropyLoss(), optimizer, scaler, None, guard)
-    assert guard.read() == 1
+    main_imagenet.train_step(model, x * float("inf"), y, nn.CrossEntropyLoss(), optimizer, scaler, None, guard, 1)
+    assert guard.read(1) == 1
     assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters()))
     assert all(torch.equal(a, optimizer.state[p]["momentum_buffer"]) for a, p in zip(momentum, model.parameters()))
 

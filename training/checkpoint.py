@@ -12,6 +12,7 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
 import networks
@@ -170,27 +171,48 @@ def weights_of(checkpoint: Any, path: str) -> dict[str, torch.Tensor]:
         raise UserError(str(error)) from None
 
 
-def capture_rng() -> dict[str, Any]:
-    """Every RNG a training process draws from, in a form ``weights_only`` loading accepts."""
+def capture_rng(device: torch.device | None = None) -> dict[str, Any]:
+    """Every RNG a training process draws from (its own GPU's, for a CUDA ``device``), in a form
+    ``weights_only`` loading accepts."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     states = {
         "python": random.getstate(),
         "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda":
+        states["cuda_device"] = torch.cuda.get_rng_state(device)
     return states
 
 
-def restore_rng(states: Mapping[str, Any]) -> None:
+def capture_rng_per_process(device: torch.device) -> list[dict[str, Any]]:
+    """Each process's ``capture_rng``, in rank order, on every process (a collective)."""
+    if not dist.is_initialized():
+        return [capture_rng(device)]
+    states: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(states, capture_rng(device))
+    return states
+
+
+def restore_rng(states: Mapping[str, Any], device: torch.device | None = None) -> None:
+    """Restore ``capture_rng``'s states (the GPU's into ``device``). Files written before per-device states
+    hold every GPU's state as ``cuda``; those are restored as they were saved."""
     version, internal, gauss = states["python"]
     random.setstate((version, tuple(internal), gauss))
     kind, keys, pos, has_gauss, cached = states["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(states["torch"])
-    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+    if device is not None and device.type == "cuda" and "cuda_device" in states:
+        torch.cuda.set_rng_state(states["cuda_device"], device)
+    elif "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def rng_of_process(checkpoint: Mapping[str, Any], rank: int, world_size: int) -> Mapping[str, Any]:
+    """The RNG states process ``rank`` saved, when the checkpoint has one per process for this many; else
+    rank 0's (``rng``)."""
+    per_process = checkpoint.get("rng_per_rank")
+    return per_process[rank] if per_process and len(per_process) == world_size else checkpoint["rng"]
 
 
 @functools.lru_cache(maxsize=None)

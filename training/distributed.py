@@ -36,9 +36,16 @@ def launched_by_torchrun() -> bool:
     return all(name in os.environ for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
 
 
-def parse_gpus(spec: str | None) -> list[torch.device]:
-    """Devices for ``--gpu``: ``"0,1,2,3"`` -> those GPUs; ``"cpu"`` -> CPU; ``None`` -> GPU 0 if any, else CPU."""
+def parse_gpus(spec: str | None, every_gpu: bool = False) -> list[torch.device]:
+    """Devices for ``--gpu``: ``"0,1,2,3"`` -> those GPUs; ``"cpu"`` -> CPU; ``None`` -> GPU 0 if any, else CPU,
+    or with ``every_gpu`` (the release's ``--multiprocessing-distributed``) every visible GPU."""
     available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if every_gpu and (spec is None or spec.strip().lower() == "cpu"):
+        if not available or spec is not None:
+            raise UserError("--multiprocessing-distributed starts one process per GPU and "
+                            + ("this machine has no CUDA GPU" if not available else "--gpu cpu asks for none")
+                            + "; omit it to train on the CPU")
+        return [torch.device("cuda", i) for i in range(available)]
     if spec is None:
         return [torch.device("cuda", 0) if available else torch.device("cpu")]
     if spec.strip().lower() == "cpu":

@@ -7,7 +7,9 @@ import threading
 
 
 class StopRequest:
-    """Records SIGINT/SIGTERM instead of dying; a second signal stops at once (KeyboardInterrupt)."""
+    """Records SIGINT/SIGTERM instead of dying. A second Ctrl-C (SIGINT) stops at once (KeyboardInterrupt);
+    repeated SIGTERMs are one request: Slurm, systemd and ``kill -- -PGID`` signal the whole process group, and
+    a launcher passes its own on, so each process often gets several."""
 
     def __init__(self) -> None:
         self.signal_name: str | None = None
@@ -18,9 +20,9 @@ class StopRequest:
         return self.signal_name is not None
 
     def _handle(self, signum, frame) -> None:
-        if self.requested:
+        if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.signal_name = signal.Signals(signum).name
+        self.signal_name = self.signal_name or signal.Signals(signum).name
 
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():

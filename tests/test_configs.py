@@ -1,14 +1,17 @@
-"""Every recipe in configs/ loads with --config and builds its network; paper rows use the release's recipe."""
+"""Every recipe in configs/ loads with --config and builds its network; paper rows use the release's recipe;
+``_base_`` overlays resolve as documented."""
 
 import glob
 import os
 
 import pytest
 import torch
+import yaml
 
 import main_imagenet
 import networks
-from training.config import parse_with_config
+from training.config import parse_with_config, read_config, save_config
+from training.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAPER_ROWS = sorted(glob.glob(os.path.join(ROOT, "configs", "*_*.yaml")))
@@ -50,3 +53,97 @@ def test_fast_recipe_is_the_paper_recipe_plus_the_performance_settings(path):
     assert {key: fast[key] for key in FAST_SETTINGS} == FAST_SETTINGS
     assert paper["amp"] == "off" and not paper["channels_last"] and not paper["compile"]
     assert paper["input_pipeline"] == "pil"
+    assert read_config(fast_path) == {**read_config(path), **FAST_SETTINGS}
+    with open(fast_path) as f:
+        assert yaml.safe_load(f)["_base_"] == f"../{os.path.basename(path)}"
+
+
+def write(path, text):
+    """Write a recipe file (creating its folder) and return its path as a string."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return str(path)
+
+
+def test_base_child_keys_win(tmp_path):
+    write(tmp_path / "base.yaml", "arch: resnet50\nepochs: 100\nlr: 0.1\n")
+    child = write(tmp_path / "child.yaml", "_base_: base.yaml\nepochs: 5\n")
+    assert read_config(child) == {"arch": "resnet50", "epochs": 5, "lr": 0.1}
+
+
+def test_base_list_applies_in_order_later_wins(tmp_path):
+    write(tmp_path / "a.yaml", "epochs: 1\nlr: 0.1\nworkers: 3\n")
+    write(tmp_path / "b.yaml", "epochs: 2\nlr: 0.2\n")
+    child = write(tmp_path / "child.yaml", "_base_: [a.yaml, b.yaml]\nlr: 0.3\n")
+    assert read_config(child) == {"epochs": 2, "lr": 0.3, "workers": 3}
+
+
+def test_base_path_is_relative_to_the_file_naming_it(tmp_path, monkeypatch):
+    write(tmp_path / "root.yaml", "arch: resnet18\nepochs: 100\n")
+    write(tmp_path / "mid" / "mid.yaml", "_base_: ../root.yaml\nepochs: 50\n")
+    leaf = write(tmp_path / "mid" / "deep" / "leaf.yaml", "_base_: ../mid.yaml\nlr: 0.5\n")
+    monkeypatch.chdir(tmp_path / "mid" / "deep")
+    assert read_config(leaf) == {"arch": "resnet18", "epochs": 50, "lr": 0.5}
+    assert read_config("leaf.yaml") == read_config(leaf)
+
+
+def test_base_cycle_is_one_line_error(tmp_path):
+    a = write(tmp_path / "a.yaml", "_base_: b.yaml\nepochs: 1\n")
+    write(tmp_path / "b.yaml", "_base_: a.yaml\nlr: 0.1\n")
+    with pytest.raises(UserError, match="cycle") as error:
+        read_config(a)
+    assert "a.yaml" in str(error.value) and "b.yaml" in str(error.value) and "\n" not in str(error.value)
+    itself = write(tmp_path / "self.yaml", "_base_: self.yaml\n")
+    with pytest.raises(UserError, match="cycle"):
+        read_config(itself)
+
+
+def test_missing_base_names_both_files(tmp_path):
+    child = write(tmp_path / "child.yaml", "_base_: nowhere.yaml\nepochs: 1\n")
+    with pytest.raises(UserError) as error:
+        read_config(child)
+    message = str(error.value)
+    assert "nowhere.yaml" in message and "child.yaml" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("text", ["_base_: 3\n", "_base_: [base.yaml, {a: 1}]\n"])
+def test_bad_base_value(tmp_path, text):
+    write(tmp_path / "base.yaml", "epochs: 1\n")
+    with pytest.raises(UserError, match="_base_ must be a path or a list of paths"):
+        read_config(write(tmp_path / "child.yaml", text))
+
+
+def test_base_that_is_not_a_mapping(tmp_path):
+    write(tmp_path / "base.yaml", "- just\n- a list\n")
+    child = write(tmp_path / "child.yaml", "_base_: base.yaml\n")
+    with pytest.raises(UserError, match="must be a mapping") as error:
+        read_config(child)
+    assert "base.yaml" in str(error.value) and "child.yaml" in str(error.value)
+
+
+def test_base_config_round_trips_without_base_key(tmp_path):
+    write(tmp_path / "base.yaml", "arch: resnet34\nattention_type: simam\nattention_param: 0.1\nepochs: 90\n")
+    child = write(tmp_path / "child.yaml", "_base_: base.yaml\nepochs: 7\nlr: 0.2\n")
+    args = parse_with_config(main_imagenet.get_args_parser(), ["DATA", "--config", child])
+    assert (args.arch, args.epochs, args.lr) == ("resnet34", 7, 0.2)
+    saved = str(tmp_path / "run" / "config.yaml")
+    os.makedirs(os.path.dirname(saved))
+    save_config(args, saved)
+    with open(saved) as f:
+        assert "_base_" not in yaml.safe_load(f)
+    again = parse_with_config(main_imagenet.get_args_parser(), ["DATA", "--config", saved])
+    assert {**vars(again), "config": None} == {**vars(args), "config": None}
+
+
+def test_command_line_flag_overrides_inherited_value(tmp_path):
+    write(tmp_path / "base.yaml", "arch: resnet18\nepochs: 100\nlr: 0.1\n")
+    child = write(tmp_path / "child.yaml", "_base_: base.yaml\nlr: 0.2\n")
+    args = parse_with_config(main_imagenet.get_args_parser(),
+                             ["DATA", "--config", child, "--epochs", "3", "--lr", "0.4"])
+    assert (args.arch, args.epochs, args.lr) == ("resnet18", 3, 0.4)
+
+
+def test_fast_recipe_command_line_overrides_base():
+    fast = os.path.join(ROOT, "configs", "fast", "resnet18_simam.yaml")
+    args = parse_with_config(main_imagenet.get_args_parser(), ["DATA", "--config", fast, "--epochs", "2"])
+    assert (args.epochs, args.arch, args.amp, args.compile) == (2, "resnet18", "auto", True)

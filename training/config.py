@@ -1,4 +1,5 @@
-"""YAML recipes: a file sets parser defaults, command-line flags override it, the result is saved."""
+"""YAML recipes: a file (built on others with ``_base_``) sets parser defaults, command-line flags override
+it, the result is saved."""
 
 from __future__ import annotations
 
@@ -13,20 +14,55 @@ from .errors import UserError
 # Fields of ``args`` that describe the runtime, not the recipe: never written to config.yaml.
 RUNTIME_FIELDS = ("config",)
 
+# The key of a recipe that names the recipes it builds on.
+BASE_KEY = "_base_"
+
 
 def read_config(path: str) -> dict[str, Any]:
-    """Read a YAML recipe: a flat mapping of option names (``weight_decay`` or ``weight-decay``) to values."""
+    """Read a YAML recipe: a flat mapping of option names (``weight_decay`` or ``weight-decay``) to values.
+
+    ``_base_: PATH`` (or a list of paths, relative to the file naming them) builds on other recipes: bases
+    apply in order, a later one wins, and the file's own keys win over all of them. The result has no
+    ``_base_`` key.
+    """
+    return _resolve(path, ())
+
+
+def _resolve(path: str, chain: tuple[str, ...]) -> dict[str, Any]:
+    """``path`` with its bases applied; ``chain`` is the files that named it, outermost first."""
+    if os.path.realpath(path) in map(os.path.realpath, chain):
+        raise UserError(f"config file {chain[0]}: _base_ cycle {' -> '.join(chain + (path,))}")
+    recipe = _read_one(path, chain)
+    bases = recipe.pop(BASE_KEY, None)
+    if bases is None:
+        return recipe
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(base, str) for base in bases):
+        raise UserError(f"config file {path}: {BASE_KEY} must be a path or a list of paths")
+    merged: dict[str, Any] = {}
+    for base in bases:
+        merged.update(_resolve(os.path.normpath(os.path.join(os.path.dirname(path), base)), chain + (path,)))
+    merged.update(recipe)
+    return merged
+
+
+def _read_one(path: str, chain: tuple[str, ...]) -> dict[str, Any]:
+    """One YAML file as a mapping with ``-`` in keys turned into ``_``; ``chain`` as in ``_resolve``."""
+    where = f" ({BASE_KEY} of {' -> '.join(chain)})" if chain else ""
     try:
         with open(path) as f:
             recipe = yaml.safe_load(f)
     except FileNotFoundError:
-        raise UserError(f"config file not found: {path}") from None
+        raise UserError(f"config file not found: {path}{where}") from None
+    except OSError as error:
+        raise UserError(f"config file {path}{where} cannot be read: {error.strerror}") from None
     except yaml.YAMLError as error:
-        raise UserError(f"config file {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+        raise UserError(f"config file {path}{where} is not valid YAML: {str(error).splitlines()[0]}") from None
     if recipe is None:
         return {}
     if not isinstance(recipe, dict):
-        raise UserError(f"config file {path} must be a mapping of option names to values")
+        raise UserError(f"config file {path}{where} must be a mapping of option names to values")
     return {str(key).replace("-", "_"): value for key, value in recipe.items()}
 
 

@@ -3,13 +3,15 @@
 
 The paper's commands work as they are:
 
-    python main_imagenet.py DATA --gpu 0,1,2,3 --epochs 100 -j 20 -a resnet18 --attention_type simam --attention_param 0.1
+    python main_imagenet.py DATA --gpu 0,1,2,3 --epochs 100 -j 20 -a resnet18 --attention_type simam \\
+        --attention_param 0.1
     python main_imagenet.py DATA --gpu 0,1,2,3 -j 20 -a resnet18 -e --resume PATH.pth
     torchrun --nnodes 2 --nproc_per_node 8 ... main_imagenet.py DATA --config configs/resnet50_simam.yaml
 
 ``--gpu 0,1,2,3`` starts one DistributedDataParallel process per GPU; under torchrun each process takes
 its place from the environment; without CUDA everything runs on the CPU (gloo when distributed).
-The flow below reads top to bottom: main -> worker -> run -> train_one_epoch / evaluate.
+The flow reads top to bottom: cli -> main (launch) -> worker, whose phases are find_checkpoint, resolve_run,
+set_up, then evaluate_checkpoint, save_weights or fit; the loops are in training/engine.py.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ import os
 import random
 import signal
 import sys
-import time
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -30,23 +32,32 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
-from tqdm import tqdm
 
 import networks
 from training import distributed
-from training.checkpoint import (BEST, LATEST, RESUME_CANDIDATES, atomic_save, capture_rng_per_process, identify_layouts,
-                                 load_weights, newest_valid_checkpoint, read_checkpoint, remove_partial_saves,
-                                 restore_rng, rng_of_process, save_checkpoint, verify_manifest, weights_of)
+from training.checkpoint import (
+    BEST,
+    LATEST,
+    RESUME_CANDIDATES,
+    atomic_save,
+    capture_rng_per_process,
+    newest_valid_checkpoint,
+    read_checkpoint,
+    remove_partial_saves,
+    save_checkpoint,
+    verify_manifest,
+)
 from training.config import parse_with_config, recipe_of, save_config
-from training.data import build_data, skipped_images
+from training.data import Data, build_data
+from training.engine import StepOptions, evaluate, train_one_epoch
 from training.errors import TrainingError, UserError, one_line
-from training.metrics import RunLog, RunningSums, averages_of, progress_line, show_progress
-from training.optim import NonFiniteGuard, build_optimizer, load_optimizer_state, take_found_inf
-from training.performance import AMP_CHOICES, INPUT_PIPELINES, amp_dtype_for, to_device
+from training.metrics import RunLog
+from training.optim import build_optimizer
+from training.performance import AMP_CHOICES, INPUT_PIPELINES, amp_dtype_for
 from training.schedule import build_scheduler
 from training.signals import StopRequest
+from training.state import LoadedCheckpoint, RunSpec, TrainState, run_folder
 
-CHECKPOINT_FORMAT = "simam-imagenet/1"
 # With fp16 the gradient scaler skips steps whose gradients overflow; the schedule still advances per iteration.
 warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`")
 
@@ -90,7 +101,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     arg("--seed", default=None, type=int,
         help="seed for initialisation, data order and augmentation (appended to the run folder name)")
     arg("--gpu", default=None, type=str,
-        help="GPU ids to use, e.g. 0,1,2,3 (one process per GPU), or 'cpu' (default: GPU 0 if CUDA is available, else CPU)")
+        help="GPU ids to use, e.g. 0,1,2,3 (one process per GPU), or 'cpu' "
+             "(default: GPU 0 if CUDA is available, else CPU)")
     arg("--multiprocessing-distributed", action="store_true",
         help="the release's flag: one process per GPU (every visible GPU without --gpu) on each of --world-size "
              "nodes; implied when --gpu lists several GPUs")
@@ -154,16 +166,17 @@ def main(args: argparse.Namespace) -> dict[str, Any] | None:
         return worker(distributed.Context(device=devices[0]), args)
     if nodes > 1 and not args.dist_url:
         raise UserError("--dist-url is required with --world-size > 1 (e.g. tcp://MASTER_ADDR:23456)")
-    args.dist_url = args.dist_url or f"tcp://127.0.0.1:{distributed.free_port()}"
+    dist_url = args.dist_url or f"tcp://127.0.0.1:{distributed.free_port()}"
     if len(devices) == 1:
-        return worker(spawned_context(0, devices, args), args)
-    spawn(devices, args)
+        return worker(spawned_context(0, devices, args, dist_url), args)
+    spawn(devices, args, dist_url)
     return None
 
 
 def check_args(args: argparse.Namespace) -> None:
     """Reject bad flag values before any process starts (one line each)."""
-    for name in ("epochs", "batch_size", "print_freq", "log_freq", "train_crop_size", "val_resize_size", "val_crop_size"):
+    for name in ("epochs", "batch_size", "print_freq", "log_freq", "train_crop_size", "val_resize_size",
+                 "val_crop_size"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     for name in ("workers", "start_epoch", "warmup_epochs", "lr", "weight_decay", "momentum", "max_bad_steps"):
@@ -193,7 +206,8 @@ def torchrun_context(args: argparse.Namespace) -> distributed.Context:
     if torch.cuda.is_available() and (args.gpu or "").lower() != "cpu":
         devices = distributed.parse_gpus(args.gpu) if args.gpu else None
         if devices is not None and local_rank >= len(devices):
-            raise UserError(f"--gpu {args.gpu} lists {len(devices)} GPUs but torchrun started {local_world_size} per node")
+            raise UserError(f"--gpu {args.gpu} lists {len(devices)} GPUs "
+                            f"but torchrun started {local_world_size} per node")
         device = devices[local_rank] if devices else torch.device("cuda", local_rank)
     else:
         device = torch.device("cpu")
@@ -202,19 +216,21 @@ def torchrun_context(args: argparse.Namespace) -> distributed.Context:
     return ctx
 
 
-def spawned_context(local_rank: int, devices: list[torch.device], args: argparse.Namespace) -> distributed.Context:
+def spawned_context(local_rank: int, devices: list[torch.device], args: argparse.Namespace,
+                    dist_url: str) -> distributed.Context:
     nodes, node_rank = max(args.world_size, 1), max(args.rank, 0)
     ctx = distributed.Context(devices[local_rank], node_rank * len(devices) + local_rank, nodes * len(devices),
                               local_rank, len(devices))
-    distributed.init_process_group(ctx, args.dist_backend, args.dist_url, args.dist_timeout)
+    distributed.init_process_group(ctx, args.dist_backend, dist_url, args.dist_timeout)
     return ctx
 
 
-def _spawned_worker(local_rank: int, devices: list[torch.device], args: argparse.Namespace, errors) -> None:
+def _spawned_worker(local_rank: int, devices: list[torch.device], args: argparse.Namespace, dist_url: str,
+                    errors) -> None:
     """One spawned process. Its one-line error goes to the parent (``errors``), which prints the first one: a
     corrupt image in any process's share is named, once."""
     try:
-        worker(spawned_context(local_rank, devices, args), args)
+        worker(spawned_context(local_rank, devices, args, dist_url), args)
     except (UserError, TrainingError) as error:
         errors.put(f"error: {one_line(error)}")
         sys.exit(2 if isinstance(error, UserError) else 1)
@@ -222,11 +238,12 @@ def _spawned_worker(local_rank: int, devices: list[torch.device], args: argparse
         sys.exit(130)
 
 
-def spawn(devices: list[torch.device], args: argparse.Namespace) -> None:
-    """One process per device; SIGTERM is passed on to them, Ctrl-C reaches them from the terminal."""
+def spawn(devices: list[torch.device], args: argparse.Namespace, dist_url: str) -> None:
+    """One process per device, meeting at ``dist_url``; SIGTERM is passed on to them, Ctrl-C reaches them from the
+    terminal."""
     errors = mp.get_context("spawn").SimpleQueue()
-    context = mp.start_processes(_spawned_worker, args=(devices, args, errors), nprocs=len(devices), join=False,
-                                 start_method="spawn")
+    context = mp.start_processes(_spawned_worker, args=(devices, args, dist_url, errors), nprocs=len(devices),
+                                 join=False, start_method="spawn")
 
     def forward(signum, frame):
         for process in context.processes:
@@ -251,205 +268,244 @@ def spawn(devices: list[torch.device], args: argparse.Namespace) -> None:
 
 
 def worker(ctx: distributed.Context, args: argparse.Namespace) -> dict[str, Any]:
+    """One process of the job: resolve the run once, set it up, then evaluate, export the weights, or fit."""
     if ctx.device.type == "cuda":  # --gpu 3: AMP's bf16 check, Triton and pinned memory must look at GPU 3
         torch.cuda.set_device(ctx.device)
     previous = networks.get_simam_implementation()
     if args.simam_impl:  # per process: spawned processes start from the environment's choice
         networks.set_simam_implementation(args.simam_impl)
     try:
-        return run(ctx, args)
+        checkpoint = find_checkpoint(args, ctx)
+        spec = resolve_run(args, checkpoint, ctx)
+        run = set_up(args, spec, checkpoint, ctx)
+        if args.evaluate:
+            return evaluate_checkpoint(run, checkpoint, args)
+        state = build_train_state(run, checkpoint, args)
+        if args.save_weights:
+            return save_weights(state.model, args.save_weights, run.log)
+        return fit(run, state, args)
     finally:
         networks.set_simam_implementation(previous)
         distributed.cleanup()
 
 
 # ---------------------------------------------------------------------------------------------------------
-# One process: data, model, checkpoint, then evaluation or the epoch loop.
+# The phases of a process: which checkpoint, which run, set-up, then evaluation, weights or training.
 # ---------------------------------------------------------------------------------------------------------
 
-def run(ctx: distributed.Context, args: argparse.Namespace) -> dict[str, Any]:
-    device = ctx.device
-    checkpoint, checkpoint_path = None, None
-    if args.resume == "auto":  # continue this run's folder if it has checkpoints (preemptible jobs)
-        choose_network(args, None, None)
-        args.resume = run_folder(args) if any(os.path.isfile(os.path.join(run_folder(args), name))
-                                              for name in RESUME_CANDIDATES) else ""
-    if args.resume and os.path.isdir(args.resume):
-        found = newest_valid_checkpoint(args.resume, report=print if ctx.is_main else lambda line: None)
+def find_checkpoint(args: argparse.Namespace, ctx: distributed.Context) -> LoadedCheckpoint | None:
+    """The checkpoint ``--resume`` names: a file, the newest readable one of a run folder, or with 'auto' this
+    run's folder when it has one (preemptible jobs); None to start afresh."""
+    folder = args.resume
+    if folder == "auto":
+        network = identify(None, args)
+        folder = run_folder(args.ckpt, network, args.seed)
+        if not any(os.path.isfile(os.path.join(folder, name)) for name in RESUME_CANDIDATES):
+            return None
+    if not folder:
+        return None
+    if os.path.isdir(folder):
+        found = newest_valid_checkpoint(folder, report=print if ctx.is_main else lambda line: None)
         if found is None:
-            raise UserError(f"no readable checkpoint in {args.resume} (looked for {', '.join(RESUME_CANDIDATES)}); "
+            raise UserError(f"no readable checkpoint in {folder} (looked for {', '.join(RESUME_CANDIDATES)}); "
                             "move damaged files away to start a new run there")
-        checkpoint_path, checkpoint = found
-    elif args.resume:
-        checkpoint_path = args.resume
-        if os.path.isfile(checkpoint_path) and verify_manifest(checkpoint_path) and ctx.is_main:
-            print(f"=> {checkpoint_path}: sha256 matches the manifest")
-        checkpoint = read_checkpoint(checkpoint_path)
-    ours = isinstance(checkpoint, dict) and checkpoint.get("format") == CHECKPOINT_FORMAT
-    choose_network(args, checkpoint, checkpoint_path)
+        return LoadedCheckpoint(*found)
+    listed = verify_manifest(folder) if os.path.isfile(folder) else {}
+    if listed.get("sha256") and ctx.is_main:
+        print(f"=> {folder}: sha256 matches the manifest")
+    return LoadedCheckpoint(folder, read_checkpoint(folder), listed)
 
+
+def identify(checkpoint: LoadedCheckpoint | None, args: argparse.Namespace) -> networks.NetworkSpec:
+    """The network: the flags, then the checkpoint's manifest row, then what the checkpoint itself says
+    (``networks.identify_network``)."""
+    listed = checkpoint.listed if checkpoint else {}
+    param = args.attention_param
+    try:
+        if param is None and listed.get("attention_param"):
+            param = float(listed["attention_param"])
+        return networks.identify_network(checkpoint.content if checkpoint else None,
+                                         args.arch or listed.get("arch") or None,
+                                         args.attention_type or listed.get("attention_type") or None, param,
+                                         source=checkpoint.path if checkpoint else "")
+    except ValueError as error:
+        raise UserError(str(error)) from None
+
+
+def resolve_run(args: argparse.Namespace, checkpoint: LoadedCheckpoint | None, ctx: distributed.Context) -> RunSpec:
+    """Network, seed and run folder, decided once (a run without --seed draws one, the same on every process;
+    one of ours resumes with its own)."""
+    network = identify(checkpoint, args)
     seed = args.seed
     if seed is None:
-        seed = checkpoint["seed"] if ours else distributed.broadcast_int(random.randrange(2 ** 31), device)
-    seed_everything(seed, deterministic=args.seed is not None)
+        seed = checkpoint.get("seed") if checkpoint and checkpoint.ours else None
+    if seed is None:
+        seed = distributed.broadcast_int(random.randrange(2 ** 31), ctx.device)
+    return RunSpec(network.arch, network.attention_type, network.attention_param, seed,
+                   deterministic=args.seed is not None, run_dir=run_folder(args.ckpt, network, args.seed))
 
+
+@dataclass
+class Run:
+    """A set-up process: its data, model (on the device, unwrapped), step options and logs."""
+
+    spec: RunSpec
+    data: Data
+    model: nn.Module
+    options: StepOptions
+    log: RunLog
+    cost: networks.Complexity | None  # params and FLOPs, on rank 0
+
+
+def set_up(args: argparse.Namespace, spec: RunSpec, checkpoint: LoadedCheckpoint | None,
+           ctx: distributed.Context) -> Run:
+    """Seed, data, run folder and logs, the model on the device, and how steps run."""
+    seed_everything(spec.seed, spec.deterministic)
     if args.batch_size % ctx.world_size:
         raise UserError(f"-b {args.batch_size} does not split evenly over {ctx.world_size} processes")
     batch_per_process = args.batch_size // ctx.world_size
-    workers = math.ceil(args.workers / ctx.local_world_size)
-    data = build_data(args, ctx.world_size, ctx.rank, seed, batch_per_process, workers,
-                      pin_memory=device.type == "cuda")
-    num_classes = len(data.classes)
-
-    run_dir = run_folder(args)
+    data = build_data(args, ctx.world_size, ctx.rank, spec.seed, batch_per_process,
+                      math.ceil(args.workers / ctx.local_world_size), pin_memory=ctx.device.type == "cuda")
+    if checkpoint and checkpoint.ours and checkpoint.get("classes") not in (None, data.classes):
+        raise UserError(f"{checkpoint.path} was trained on other classes than {args.data}'s "
+                        f"(first ones: {checkpoint.get('classes')[:3]} vs {data.classes[:3]})")
     if ctx.is_main:
-        os.makedirs(run_dir, exist_ok=True)
-        remove_partial_saves(run_dir)
-    if ours and checkpoint.get("classes") not in (None, data.classes):
-        raise UserError(f"{checkpoint_path} was trained on other classes than {args.data}'s "
-                        f"(first ones: {checkpoint['classes'][:3]} vs {data.classes[:3]})")
-    log = RunLog(run_dir, ctx.is_main, tensorboard=not args.evaluate)
-    model = build_model(args, num_classes)
+        os.makedirs(spec.run_dir, exist_ok=True)
+        remove_partial_saves(spec.run_dir)
+    log = RunLog(spec.run_dir, ctx.is_main, tensorboard=not args.evaluate)
+    model = networks.create_net(spec.arch, spec.attention_type, spec.attention_param, len(data.classes))
     cost = None
-    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     if ctx.is_main:
         with torch.random.fork_rng(devices=[]):
             cost = networks.measure_complexity(model, args.val_crop_size)
-        log.header([f"Network - {args.arch}", f"Attention Module - {attention_name(args)}",
+        log.header([f"Network - {spec.arch}", f"Attention Module - {spec.attention_name}",
                     f"Params - {cost.params_m:.6f}M", f"FLOPs - {cost.gflops:.6f}G"])
-        log.print(f"=> {args.arch} + {attention_name(args)}, {num_classes} classes: params {cost.params_m:.2f} M, "
+        log.print(f"=> {spec.arch} + {spec.attention_name}, {len(data.classes)} classes: params {cost.params_m:.2f} M, "
                   f"FLOPs {cost.gflops:.2f} G at {args.val_crop_size} px | {ctx.world_size} process(es) on "
-                  f"{device.type}, batch {batch_per_process} per process | run folder {run_dir}")
-    model.to(device, memory_format=memory_format)
-    amp_dtype = amp_dtype_for(args.amp, device)
-    eval_model = torch.compile(model, dynamic=False) if args.compile else model
+                  f"{ctx.device.type}, batch {batch_per_process} per process | run folder {spec.run_dir}")
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    model.to(ctx.device, memory_format=memory_format)
+    amp_dtype = amp_dtype_for(args.amp, ctx.device)
     log.print(f"=> precision {str(amp_dtype).replace('torch.', '') if amp_dtype else 'fp32'}, "
               f"{'channels_last' if args.channels_last else 'contiguous'}, "
               f"{'torch.compile' if args.compile else 'eager'}, {args.input_pipeline} input pipeline"
-              + (f", SimAM kernels: {networks.get_simam_implementation()}" if args.attention_type == "simam" else ""))
+              + (f", SimAM kernels: {networks.get_simam_implementation()}" if spec.attention_type == "simam" else ""))
+    options = StepOptions(ctx, nn.CrossEntropyLoss(label_smoothing=args.label_smoothing), memory_format, amp_dtype,
+                          args.print_freq, args.log_freq, args.max_bad_steps, progress=not args.no_progress)
+    return Run(spec, data, model, options, log, cost)
 
-    if args.evaluate:
-        if checkpoint is None:
-            warnings.warn("-e without --resume evaluates a randomly initialised model")
-        else:
-            load_weights(model, weights_of(checkpoint, checkpoint_path), checkpoint_path, args.arch,
-                         args.attention_type, num_classes)
-        result = evaluate(eval_model, data.val_loader, device, memory_format, amp_dtype, ctx, args, log)
-        return report_evaluation(result, args, checkpoint, checkpoint_path, cost, len(data.val_loader.dataset), run_dir, log)
 
-    criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
-    optimizer = build_optimizer(model, args.lr, args.momentum, args.weight_decay)
-    iters_per_epoch = len(data.train_loader)
-    scheduler = build_scheduler(optimizer, args, iters_per_epoch)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    start = {"epoch": args.start_epoch, "iteration": 0, "best_acc": 0.0, "sums": None}
+def evaluation_model(run: Run, compile_model: bool) -> nn.Module:
+    """The model validation runs (compiled on its own with ``--compile``: its graph has no autograd)."""
+    return torch.compile(run.model, dynamic=False) if compile_model else run.model
+
+
+def evaluate_checkpoint(run: Run, checkpoint: LoadedCheckpoint | None, args: argparse.Namespace) -> dict[str, Any]:
+    """``-e``: the checkpoint's top-1/top-5 over the validation set, the release's line and an evaluation JSON."""
+    if checkpoint is None:
+        warnings.warn("-e without --resume evaluates a randomly initialised model")
+    else:
+        checkpoint.load_into(run.model, run.spec, len(run.data.classes))
+    metrics = evaluate(evaluation_model(run, args.compile), run.data.val_loader, run.options, run.log)
+    result = {
+        "arch": run.spec.arch, "attention_type": run.spec.attention_type, "attention_param": run.spec.attention_param,
+        "checkpoint": checkpoint.path if checkpoint else None, "epoch": checkpoint.get("epoch") if checkpoint else None,
+        "top1": metrics["top1"], "top5": metrics["top5"], "loss": metrics["loss"], "n_images": metrics["count"],
+        "bad_images": metrics["bad_images"],
+        "params_m": run.cost.params_m if run.cost else None, "gflops": run.cost.gflops if run.cost else None,
+        "val_resize_size": args.val_resize_size, "val_crop_size": args.val_crop_size, "data": args.data,
+    }
+    if run.log.enabled:
+        n_val = len(run.data.val_loader.dataset)
+        assert metrics["count"] + metrics["bad_images"] == n_val, (metrics["count"], metrics["bad_images"], n_val)
+        run.log.print(final_line(metrics), to_file=True)
+        stem = os.path.basename(checkpoint.path if checkpoint else "random-init").split(".")[0]
+        json_path = args.eval_json or os.path.join(run.spec.run_dir, f"eval_{stem}.json")
+        if os.path.dirname(json_path):
+            os.makedirs(os.path.dirname(json_path), exist_ok=True)
+        with open(json_path, "w") as f:
+            json.dump(result, f, indent=2)
+        run.log.print(f"=> wrote {json_path}")
+        result["json"] = json_path
+    return result
+
+
+def build_train_state(run: Run, checkpoint: LoadedCheckpoint | None, args: argparse.Namespace) -> TrainState:
+    """Optimizer, schedule and gradient scaler for the model, restored from the checkpoint when there is one."""
+    optimizer = build_optimizer(run.model, args.lr, args.momentum, args.weight_decay)
+    iterations_per_epoch = len(run.data.train_loader)
+    state = TrainState(run.model, optimizer, build_scheduler(optimizer, args, iterations_per_epoch),
+                       torch.amp.GradScaler(run.options.device.type, enabled=run.options.amp_dtype == torch.float16),
+                       iterations_per_epoch, epoch=args.start_epoch)
     if checkpoint is not None:
-        start = resume(checkpoint, checkpoint_path, ours, model, optimizer, scheduler, scaler, args, num_classes,
-                       iters_per_epoch, ctx)
-        log.print(f"=> resumed from {checkpoint_path} at epoch {start['epoch']}"
-                  + (f", iteration {start['iteration']}" if start["iteration"] else ""), to_file=True)
-    if args.save_weights:
-        if ctx.is_main:
-            atomic_save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}}, args.save_weights)
-            log.print(f"=> saved weights to {args.save_weights}")
-        return {"saved_weights": args.save_weights}
+        state.load_checkpoint(checkpoint, run.spec, len(run.data.classes), run.options.ctx)
+        run.log.print(f"=> resumed from {checkpoint.path} at epoch {state.epoch}"
+                      + (f", iteration {state.iteration}" if state.iteration else ""), to_file=True)
+    return state
 
-    train_model = model
+
+def save_weights(model: nn.Module, path: str, log: RunLog) -> dict[str, Any]:
+    """``--save_weights``: the weights alone (CPU, no 'module.' prefix) as ``{'state_dict': ...}``."""
+    if log.enabled:
+        atomic_save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}}, path)
+        log.print(f"=> saved weights to {path}")
+    return {"saved_weights": path}
+
+
+def fit(run: Run, state: TrainState, args: argparse.Namespace) -> dict[str, Any]:
+    """Train from ``state`` to ``--epochs``, validating and saving after every epoch; a stop request saves where
+    the run is. Returns the last epoch's figures."""
+    ctx, spec, log = run.options.ctx, run.spec, run.log
+    train_model = run.model
     if ctx.distributed:
         train_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+            run.model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
     if args.compile:
         train_model = torch.compile(train_model, dynamic=False)  # a smaller last batch: its own graph
+    eval_model = evaluation_model(run, args.compile)
+    latest = os.path.join(spec.run_dir, LATEST)
     if ctx.is_main:
-        save_config(args, os.path.join(run_dir, "config.yaml"))
-        log.forget_epochs_from(start["epoch"])
+        save_config(args, os.path.join(spec.run_dir, "config.yaml"))
+        log.forget_epochs_from(state.epoch)
 
-    best_acc, result = start["best_acc"], {}
+    def save(best: bool = False) -> None:
+        rng_per_rank = capture_rng_per_process(ctx.device)  # every process takes part
+        if ctx.is_main:
+            save_checkpoint(state.to_checkpoint(spec, run.data.classes, recipe_of(args), rng_per_rank), spec.run_dir,
+                            best=best)
+
+    result: dict[str, Any] = {}
     with StopRequest() as stop:
-        for epoch in range(start["epoch"], args.epochs):
-            start_iteration = start["iteration"] if epoch == start["epoch"] else 0
-            train_stats = train_one_epoch(train_model, data.train_loader, criterion, optimizer, scheduler, scaler,
-                                          epoch, start_iteration, start["sums"] if start_iteration else None,
-                                          memory_format, amp_dtype, ctx, args, log, stop)
-            state = dict(epoch=epoch, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                         args=args, seed=seed, classes=data.classes, best_acc=best_acc,
-                         iterations_per_epoch=iters_per_epoch)
-            state["rng_per_rank"] = capture_rng_per_process(device)  # every process takes part
-            if train_stats["stopped"]:
-                path = os.path.join(run_dir, LATEST)
-                if ctx.is_main:
-                    save_checkpoint(checkpoint_state(iteration=train_stats["iterations"], sums=train_stats["sums"],
-                                                     **state), run_dir)
+        while state.epoch < args.epochs:
+            epoch = state.epoch
+            train = train_one_epoch(train_model, run.data.train_loader, state, run.options, log, stop)
+            if train["stopped"]:
+                save()
                 log.print(f"=> stopped by {stop.signal_name or 'a signal on another process'} at epoch {epoch}, "
-                          f"iteration {train_stats['iterations']}; saved {path}; continue with --resume {path}",
-                          to_file=True)
-                return {"stopped": True, "epoch": epoch, "iteration": train_stats["iterations"],
-                        "checkpoint": path}
-
-            broadcast_buffers(model)  # BN running stats: evaluate what rank 0 saves
-            val = evaluate(eval_model, data.val_loader, device, memory_format, amp_dtype, ctx, args, log)
+                          f"iteration {state.iteration}; saved {latest}; continue with --resume {latest}", to_file=True)
+                return {"stopped": True, "epoch": epoch, "iteration": state.iteration, "checkpoint": latest}
+            broadcast_buffers(run.model)  # BN running stats: evaluate what rank 0 saves
+            val = evaluate(eval_model, run.data.val_loader, run.options, log)
             log.print(final_line(val), to_file=True)
-            is_best = val["top1"] > best_acc
-            best_acc = max(val["top1"], best_acc)
-            result = {"epoch": epoch, "lr": train_stats["lr"], "train_loss": train_stats["loss"],
-                      "train_top1": train_stats["top1"], "train_top5": train_stats["top5"],
-                      "val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"],
-                      "epoch_time_s": train_stats["time_s"], "images_per_s": train_stats["images_per_s"],
-                      "nonfinite_steps": train_stats["nonfinite_steps"],
-                      "bad_images": train_stats["bad_images"] + val["bad_images"]}
+            is_best = val["top1"] > state.best_acc
+            state.best_acc = max(val["top1"], state.best_acc)
+            result = {"epoch": epoch, "lr": train["lr"], "train_loss": train["loss"], "train_top1": train["top1"],
+                      "train_top5": train["top5"], "val_loss": val["loss"], "val_top1": val["top1"],
+                      "val_top5": val["top5"], "epoch_time_s": train["time_s"], "images_per_s": train["images_per_s"],
+                      "nonfinite_steps": train["nonfinite_steps"],
+                      "bad_images": train["bad_images"] + val["bad_images"]}
             log.epoch(result)
-            state["rng_per_rank"] = capture_rng_per_process(device)
-            if ctx.is_main:
-                state.update(epoch=epoch + 1, best_acc=best_acc)
-                save_checkpoint(checkpoint_state(iteration=0, sums=None, **state), run_dir, best=is_best)
+            state.epoch, state.iteration, state.sums = epoch + 1, 0, None
+            save(best=is_best)
             if stop.requested:
-                log.print(f"=> stopped by {stop.signal_name} after epoch {epoch}; "
-                          f"continue with --resume {os.path.join(run_dir, LATEST)}", to_file=True)
-                return {**result, "stopped": True, "best_acc": best_acc}
-    log.print(f"=> done: best Acc@1 {best_acc:.3f}; checkpoints {os.path.join(run_dir, LATEST)} and "
-              f"{os.path.join(run_dir, BEST)}; logs log.txt and metrics.jsonl in {run_dir}; "
-              f"curves: tensorboard --logdir {run_dir}")
+                log.print(f"=> stopped by {stop.signal_name} after epoch {epoch}; continue with --resume {latest}",
+                          to_file=True)
+                return {**result, "stopped": True, "best_acc": state.best_acc}
+    log.print(f"=> done: best Acc@1 {state.best_acc:.3f}; checkpoints {latest} and "
+              f"{os.path.join(spec.run_dir, BEST)}; logs log.txt and metrics.jsonl in {spec.run_dir}; "
+              f"curves: tensorboard --logdir {spec.run_dir}")
     log.close()
-    return {**result, "best_acc": best_acc, "run_dir": run_dir}
-
-
-def choose_network(args: argparse.Namespace, checkpoint: Any, path: str | None) -> None:
-    """Fill in arch / attention not given on the command line or in the config: from our checkpoint's
-    record, from the release's ``arch`` field and the weights' key layout, or the defaults."""
-    recorded = checkpoint if isinstance(checkpoint, dict) else {}
-    inferred = []
-    if checkpoint is not None and (args.arch is None or args.attention_type is None) and "attention_type" not in recorded:
-        layouts = identify_layouts(weights_of(checkpoint, path))
-        wanted = args.arch or recorded.get("arch")
-        inferred = [pair for pair in layouts if wanted in (None, pair[0])]
-    if args.arch is None:
-        args.arch = recorded.get("arch") or (inferred[0][0] if len(inferred) == 1 else "resnet18")
-    if args.attention_type is None:
-        if "attention_type" in recorded:
-            args.attention_type = recorded["attention_type"]
-        else:
-            args.attention_type = inferred[0][1] if len(inferred) == 1 else "none"
-    args.arch, args.attention_type = args.arch.lower(), args.attention_type.lower()
-    if args.attention_param is None and recorded.get("attention_type") == args.attention_type:
-        args.attention_param = recorded.get("attention_param")
-    if args.attention_param is None:
-        args.attention_param = networks.ATTENTIONS.get(args.attention_type).default_param
-
-
-def attention_name(args: argparse.Namespace) -> str:
-    return networks.describe_attention(args.attention_type, args.attention_param)
-
-
-def run_folder(args: argparse.Namespace) -> str:
-    """``<ckpt>/imagenet-<arch>[-<attention>-param<p>][-seed<s>]``, as the release names it."""
-    name = f"imagenet-{args.arch}"
-    if args.attention_type != "none":
-        name += f"-{args.attention_type}"
-        if args.attention_param is not None and networks.ATTENTIONS.get(args.attention_type).param_name:
-            name += f"-param{float(args.attention_param)}"
-    if args.seed is not None:
-        name += f"-seed{args.seed}"
-    return os.path.join(args.ckpt, name)
+    return {**result, "best_acc": state.best_acc, "run_dir": spec.run_dir}
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -460,233 +516,15 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     torch.backends.cudnn.benchmark = not deterministic
 
 
-def build_model(args: argparse.Namespace, num_classes: int) -> nn.Module:
-    try:
-        return networks.create_net(args.arch, args.attention_type, args.attention_param, num_classes)
-    except ValueError as error:
-        raise UserError(str(error)) from None
-
-
-def resume(checkpoint: Any, path: str, ours: bool, model: nn.Module, optimizer, scheduler, scaler,
-           args: argparse.Namespace, num_classes: int, iters_per_epoch: int,
-           ctx: distributed.Context) -> dict[str, Any]:
-    """Restore the weights and, as far as the file has them, the training state; returns where to start.
-
-    A release file gives the weights, the epoch, best_acc and its SGD state (momentum); the schedule is placed
-    at its epoch. Ours also give the schedule, the gradient scaler (when both runs use one), every process's
-    RNG states and the position inside an epoch.
-    """
-    load_weights(model, weights_of(checkpoint, path), path, args.arch, args.attention_type, num_classes)
-    if not isinstance(checkpoint, dict) or "epoch" not in checkpoint:
-        return {"epoch": args.start_epoch, "iteration": 0, "best_acc": 0.0, "sums": None}
-    try:
-        if "optimizer" in checkpoint:
-            load_optimizer_state(optimizer, checkpoint["optimizer"])
-        if ours:
-            scheduler.load_state_dict(checkpoint["scheduler"])
-            if checkpoint["scaler"]:  # empty when saved without fp16: a new scaler starts (and the reverse is ignored)
-                scaler.load_state_dict(checkpoint["scaler"])
-            restore_rng(rng_of_process(checkpoint, ctx.rank, ctx.world_size), ctx.device)
-        else:  # the release's file: place the per-iteration schedule at the checkpoint's epoch
-            scheduler.last_epoch = checkpoint["epoch"] * iters_per_epoch - 1
-            scheduler.step()
-    except (ValueError, KeyError, RuntimeError) as error:
-        raise UserError(f"{path}: cannot restore the training state ({one_line(error)}); "
-                        "use -e to evaluate it or start a new run") from None
-    iteration = checkpoint.get("iteration", 0) if ours else 0
-    if iteration and checkpoint.get("iterations_per_epoch") != iters_per_epoch:
-        raise UserError(f"{path} stopped inside an epoch of {checkpoint.get('iterations_per_epoch')} iterations; "
-                        f"this run has {iters_per_epoch}: resume with the same data, -b and number of processes")
-    return {"epoch": int(checkpoint["epoch"]), "iteration": iteration,
-            "best_acc": float(checkpoint.get("best_acc", 0.0)), "sums": checkpoint.get("sums")}
-
-
-def checkpoint_state(*, epoch: int, iteration: int, iterations_per_epoch: int, model: nn.Module, optimizer,
-                     scheduler, scaler, args: argparse.Namespace, seed: int, classes: list[str], best_acc: float,
-                     sums: list[float] | None, rng_per_rank: list[dict[str, Any]]) -> dict[str, Any]:
-    """The release's fields (epoch, arch, state_dict, best_acc, optimizer) plus all that exact resumption needs.
-
-    ``epoch`` counts completed epochs; ``iteration`` > 0 marks a run stopped inside epoch ``epoch``.
-    """
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "epoch": epoch, "arch": args.arch, "state_dict": model.state_dict(), "best_acc": best_acc,
-        "optimizer": optimizer.state_dict(),
-        "iteration": iteration, "iterations_per_epoch": iterations_per_epoch,
-        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-        "attention_type": args.attention_type, "attention_param": args.attention_param,
-        "num_classes": len(classes), "classes": classes, "seed": seed, "sums": sums,
-        "args": recipe_of(args), "rng": rng_per_rank[0], "rng_per_rank": rng_per_rank,
-        "torch_version": str(torch.__version__),
-    }
-
-
 def broadcast_buffers(model: nn.Module) -> None:
     if dist.is_initialized():
         for buffer in model.buffers():
             dist.broadcast(buffer, src=0)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Training and evaluation loops.
-# ---------------------------------------------------------------------------------------------------------
-
-def train_one_epoch(model, loader, criterion, optimizer, scheduler, scaler, epoch: int, start_iteration: int,
-                    sums_state, memory_format, amp_dtype, ctx: distributed.Context, args, log: RunLog,
-                    stop: StopRequest) -> dict[str, Any]:
-    """Train one epoch from ``start_iteration``; stops early (``stopped``) when a stop is requested."""
-    model.train()
-    device = ctx.device
-    loader.sampler.set_epoch(epoch, skip=start_iteration * loader.batch_size)
-    total = start_iteration + len(loader)
-    sums = RunningSums(device, sums_state)
-    lr = optimizer.param_groups[0]["lr"]
-    bar = tqdm(total=total, initial=start_iteration, desc=f"Epoch {epoch}", dynamic_ncols=True,
-               disable=not show_progress(ctx.is_main, args.no_progress))
-    images_seen, started = 0, time.perf_counter()
-    iteration, synced = start_iteration, None
-    guard, bad_images = NonFiniteGuard(device, total), 0
-    for iteration, batch in enumerate(loader, start=start_iteration):
-        bad_images += report_skipped(skipped_images(batch), log)
-        images, target = to_device(batch[0], batch[1], device, memory_format)
-        step_lr = optimizer.param_groups[0]["lr"]
-        output, loss = train_step(model, images, target, criterion, optimizer, scaler, amp_dtype, guard, iteration)
-        scheduler.step()
-        sums.update(torch.nan_to_num(loss.detach(), nan=0.0, posinf=0.0, neginf=0.0) * target.size(0), output, target)
-        images_seen += target.size(0)
-        bar.update(1)
-
-        at_print = iteration % args.print_freq == 0 or iteration == total - 1
-        if at_print:
-            synced = synchronize(sums, guard, iteration, stop.requested, bad_images, device)
-            check_nonfinite(synced["nonfinite_steps"], epoch, args)
-        if at_print or iteration % args.log_freq == 0:
-            averages = synced["averages"] if at_print else sums.averages()
-            line = progress_line(f"Epoch: [{epoch}]", iteration, total, averages, f"Lr {step_lr:.4f}")
-            if at_print:
-                bar.set_postfix_str(line.split("\t", 1)[1].replace("\t", " "), refresh=False)
-                if bar.disable:
-                    log.print(line)
-            if iteration % args.log_freq == 0:
-                log.write(line)
-        # One process checks its own flag every step; several agree at print intervals (no per-step sync).
-        if stop.requested if not ctx.distributed else at_print and synced["stop"]:
-            bar.close()
-            return {"stopped": True, "iterations": iteration + 1, "sums": sums.state()}
-    bar.close()
-    elapsed = time.perf_counter() - started
-    if synced is None:  # resumed after the epoch's last step
-        synced = synchronize(sums, guard, total - 1, False, bad_images, device)
-    stats = synced["averages"]  # the last iteration is a print interval
-    images_per_s = images_seen * ctx.world_size / elapsed if elapsed > 0 else 0.0
-    return {"stopped": False, "iterations": iteration + 1, "lr": lr, "loss": stats["loss"], "top1": stats["top1"],
-            "top5": stats["top5"], "time_s": elapsed, "images_per_s": images_per_s,
-            "nonfinite_steps": synced["nonfinite_steps"], "bad_images": synced["bad_images"]}
-
-
-def synchronize(sums: RunningSums, guard: NonFiniteGuard, step: int, stop_requested: bool, bad_images: int,
-                device: torch.device) -> dict[str, Any]:
-    """What the processes agree on at a print interval, in one collective and one host read: the running
-    averages over all processes, the epoch's non-finite steps so far (a step counts once however many processes
-    saw it), whether any process was asked to stop, and the images skipped so far."""
-    flags = sums.sums.new_tensor([float(stop_requested), float(bad_images)])
-    values = distributed.all_reduce_sum(torch.cat([sums.packed(), flags, guard.pending(step)])).tolist()
-    return {"averages": averages_of(values[:4]), "stop": values[4] > 0, "bad_images": int(values[5]),
-            "nonfinite_steps": guard.add_counted(step, values[6:])}
-
-
-def report_skipped(messages: list[str], log: RunLog) -> int:
-    """Log the images ``--skip-bad-images`` passed over (every process warns on stderr); returns how many."""
-    for message in messages:
-        print(f"warning: skipped {message}", file=sys.stderr, flush=True)
-        log.write(f"skipped {message}")
-    return len(messages)
-
-
-def total_over_processes(count: int, device: torch.device) -> int:
-    return int(distributed.all_reduce_sum(torch.tensor(count, dtype=torch.int64, device=device)).item())
-
-
-def check_nonfinite(bad_steps: int, epoch: int, args) -> None:
-    """More than ``--max-bad-steps`` steps of this epoch with a NaN/inf loss (on any process) stop the run
-    before anything is saved."""
-    if bad_steps > args.max_bad_steps:
-        raise TrainingError(
-            f"the training loss was NaN/inf in {bad_steps} step(s) of epoch {epoch} (--max-bad-steps {args.max_bad_steps}); "
-            f"stopped without saving, so the checkpoints in {run_folder(args)} are the last good ones. Lower --lr, "
-            "add --warmup-epochs or check the data; --max-bad-steps N skips up to N such steps per epoch")
-
-
-def train_step(model: nn.Module, images, target, criterion, optimizer, scaler, amp_dtype,
-               guard: NonFiniteGuard | None = None, step: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimisation step; returns (output, loss) without reading anything back to the host. With a
-    ``guard``, a step whose loss is not finite is marked as step ``step`` and one whose gradients are not
-    finite makes no update."""
-    with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        output = model(images)
-        loss = criterion(output, target)
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    if guard is not None:
-        guard.mark(loss, step)
-        if not scaler.is_enabled():
-            guard.flag_nonfinite_gradients(model, optimizer)
-    scaler.step(optimizer)
-    scaler.update()
-    take_found_inf(optimizer)
-    return output, loss
-
-
-@torch.inference_mode()
-def evaluate(model: nn.Module, loader, device, memory_format, amp_dtype, ctx: distributed.Context,
-             args, log: RunLog) -> dict[str, float]:
-    """Loss and top-1/top-5 over the whole validation set; each process evaluates its own share of the
-    images and the sums are added, so every image counts exactly once whatever the number of processes."""
-    model.eval()
-    criterion = nn.CrossEntropyLoss(reduction="sum")
-    sums = RunningSums(device)
-    bad_images = 0
-    for batch in tqdm(loader, desc="Val", dynamic_ncols=True, leave=False,
-                      disable=not show_progress(ctx.is_main, args.no_progress)):
-        bad_images += report_skipped(skipped_images(batch), log)
-        if len(batch[1]) == 0:  # every image of the batch was unreadable
-            continue
-        images, target = to_device(batch[0], batch[1], device, memory_format)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            output = model(images)
-        output = output.float()
-        sums.update(criterion(output, target), output, target)
-    return {**sums.averages(reduce=True), "bad_images": total_over_processes(bad_images, device)}
-
-
 def final_line(metrics: dict[str, float]) -> str:
     """The release's evaluation line."""
     return f"----------- Acc@1 {metrics['top1']:.3f} Acc@5 {metrics['top5']:.3f} -----------"
-
-
-def report_evaluation(metrics: dict[str, float], args, checkpoint: Any, checkpoint_path: str | None, cost,
-                      n_val: int, run_dir: str, log: RunLog) -> dict[str, Any]:
-    """Print and log the release's final line and write the evaluation JSON (rank 0)."""
-    result = {
-        "arch": args.arch, "attention_type": args.attention_type, "attention_param": args.attention_param,
-        "checkpoint": checkpoint_path, "epoch": checkpoint.get("epoch") if isinstance(checkpoint, dict) else None,
-        "top1": metrics["top1"], "top5": metrics["top5"], "loss": metrics["loss"], "n_images": metrics["count"],
-        "bad_images": metrics["bad_images"],
-        "params_m": cost.params_m if cost else None, "gflops": cost.gflops if cost else None,
-        "val_resize_size": args.val_resize_size, "val_crop_size": args.val_crop_size, "data": args.data,
-    }
-    if log.enabled:
-        assert metrics["count"] + metrics["bad_images"] == n_val, (metrics["count"], metrics["bad_images"], n_val)
-        log.print(final_line(metrics), to_file=True)
-        stem = os.path.basename(checkpoint_path or "random-init").split(".")[0]
-        json_path = args.eval_json or os.path.join(run_dir, f"eval_{stem}.json")
-        if os.path.dirname(json_path):
-            os.makedirs(os.path.dirname(json_path), exist_ok=True)
-        with open(json_path, "w") as f:
-            json.dump(result, f, indent=2)
-        log.print(f"=> wrote {json_path}")
-        result["json"] = json_path
-    return result
 
 
 def cli(argv: list[str] | None = None) -> int:

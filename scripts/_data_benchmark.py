@@ -13,12 +13,13 @@ one run under the same machine load. Prints the result as JSON.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
 import sys
 import tempfile
-import time
+from functools import partial
 
 import numpy as np
 import PIL
@@ -27,7 +28,11 @@ import torchvision
 from PIL import Image, features
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from scripts._cli import make_cli  # noqa: E402
+from scripts._timing import alternate  # noqa: E402
 from training import data, presets  # noqa: E402
+
+SPLITS = ("train", "eval", "decode")
 
 
 def natural_image(rng: np.random.Generator, width: int, height: int) -> Image.Image:
@@ -57,14 +62,12 @@ def make_images(folder: str, count: int, size: tuple[int, int], quality: int, se
     return paths
 
 
-def images_per_second(paths: list[str], loader, transform, seeded: bool) -> float:
-    """One pass of load + transform over ``paths`` (each sample under its own torch seed when ``seeded``)."""
-    start = time.perf_counter()
+def one_pass(paths: list[str], loader, transform, seeded: bool) -> None:
+    """Load + transform every image of ``paths`` (each sample under its own torch seed when ``seeded``)."""
     for index, path in enumerate(paths):
         if seeded:  # as data.SeededSamples seeds a worker's RNG
             torch.default_generator.manual_seed(index)
         transform(loader(path))
-    return len(paths) / (time.perf_counter() - start)
 
 
 def run_data_suite(image_count: int = 200, image_size: tuple[int, int] = (500, 375), quality: int = 90,
@@ -77,35 +80,45 @@ def run_data_suite(image_count: int = 200, image_size: tuple[int, int] = (500, 3
             paths = make_images(folder, image_count, image_size, quality)
             kilobytes = statistics.mean(os.path.getsize(path) for path in paths) / 1000
             cases = {}
-            for pipeline in presets.PIPELINES:
-                loader = data.image_loader(pipeline)
-                cases[pipeline, "decode"] = (loader, lambda image: image, False)
-                cases[pipeline, "train"] = (loader, presets.train_transform(crop, pipeline), True)
-                cases[pipeline, "eval"] = (loader, presets.eval_transform(resize, crop, pipeline), False)
-            rates = {case: [] for case in cases}
-            for case, (loader, transform, seeded) in cases.items():  # warm-up: page cache, first calls
-                images_per_second(paths[:10], loader, transform, seeded)
-            for round_ in range(repeats):
-                order = presets.PIPELINES if round_ % 2 == 0 else presets.PIPELINES[::-1]
-                for split in ("train", "eval", "decode"):
-                    for pipeline in order:
-                        rates[pipeline, split].append(images_per_second(paths, *cases[pipeline, split]))
+            for split in SPLITS:  # a split's pipelines side by side in every round
+                for pipeline in presets.PIPELINES:
+                    transform = (presets.train_transform(crop, pipeline) if split == "train" else
+                                 presets.eval_transform(resize, crop, pipeline) if split == "eval" else
+                                 lambda image: image)
+                    cases[pipeline, split] = (data.image_loader(pipeline), transform, split == "train")
+            for case in cases.values():  # warm-up: page cache, first calls
+                one_pass(paths[:10], *case)
+            seconds = alternate({name: partial(one_pass, paths, *case) for name, case in cases.items()}, repeats)
     finally:
         torch.set_num_threads(threads)
-    median = {pipeline: {split: round(statistics.median(rates[pipeline, split]), 1)
-                         for split in ("train", "eval", "decode")} for pipeline in presets.PIPELINES}
+    median = {pipeline: {split: round(len(paths) / seconds[pipeline, split], 1) for split in SPLITS}
+              for pipeline in presets.PIPELINES}
     return {
         "settings": {"image_count": image_count, "image_size": list(image_size), "quality": quality,
                      "mean_jpeg_kb": round(kilobytes, 1), "crop": crop, "resize": resize, "repeats": repeats,
                      "threads": 1, "torch": torch.__version__, "torchvision": torchvision.__version__,
                      "pillow": PIL.__version__, "pillow_libjpeg_turbo": features.version_feature("libjpeg_turbo")},
         "images_per_sec": median,
-        "speedup": {split: round(median["uint8"][split] / median["pil"][split], 2)
-                    for split in ("train", "eval", "decode")},
+        "speedup": {split: round(median["uint8"][split] / median["pil"][split], 2) for split in SPLITS},
         "note": "decode: loading alone (PIL open + convert('RGB') vs decode_jpeg), the floor both pipelines share; "
                 "uint8 excludes normalisation, which runs on the device per batch",
     }
 
 
+def get_args_parser() -> argparse.ArgumentParser:
+    """No options; ``--help`` describes the suite."""
+    return argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+
+
+def main(args: argparse.Namespace) -> dict:
+    """Run the suite and print its JSON."""
+    result = run_data_suite()
+    print(json.dumps(result, indent=2))
+    return result
+
+
+cli = make_cli(main, get_args_parser)  # bad input: one line `error: ...`, exit status 2
+
+
 if __name__ == "__main__":
-    print(json.dumps(run_data_suite(), indent=2))
+    sys.exit(cli())

@@ -18,9 +18,8 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
-import time
+from functools import partial
 from typing import Callable
 
 import torch
@@ -30,8 +29,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import networks  # noqa: E402
-from main_imagenet import build_optimizer, train_step  # noqa: E402
+from scripts._cli import make_cli  # noqa: E402
+from scripts._timing import alternate  # noqa: E402
+from training.distributed import Context  # noqa: E402
+from training.engine import StepOptions, train_step  # noqa: E402
+from training.errors import UserError  # noqa: E402
+from training.optim import build_optimizer  # noqa: E402
 from training.performance import AMP_CHOICES, FAST_SETTINGS, amp_dtype_for, to_device  # noqa: E402
+from training.state import TrainState  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -89,20 +94,6 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def alternate(candidates: dict[str, Callable[[], None]], rounds: int, per_round: int, device: torch.device) -> dict[str, float]:
-    """Median seconds per call of each candidate, timing them in turn ``rounds`` times."""
-    times: dict[str, list[float]] = {name: [] for name in candidates}
-    for _ in range(rounds):
-        for name, fn in candidates.items():
-            synchronize(device)
-            start = time.perf_counter()
-            for _ in range(per_round):
-                fn()
-            synchronize(device)
-            times[name].append((time.perf_counter() - start) / per_round)
-    return {name: statistics.median(values) for name, values in times.items()}
-
-
 def saved_for_backward(model: nn.Module, images: torch.Tensor) -> dict[str, int]:
     """Bytes of the unique storages autograd keeps for backward after one forward: all of them (weights
     included) and the activations alone (parameter storages left out)."""
@@ -144,9 +135,10 @@ def suite_simam(args) -> dict:
         out = networks.simam_fused(x, 0.1, name)
         out_grad, = torch.autograd.grad(out, x, grad)
         accuracy[name] = {"output_max_abs_diff": (out - reference_out).abs().max().item(),
-                          "grad_max_rel_diff": ((out_grad - reference_grad).abs().max() / reference_grad.abs().max()).item()}
+                          "grad_max_rel_diff": ((out_grad - reference_grad).abs().max()
+                                                / reference_grad.abs().max()).item()}
         fwd_bwd(name)()  # warm-up (compiles)
-    times = alternate({name: fwd_bwd(name) for name in implementations}, args.rounds, 3, device)
+    times = alternate({name: fwd_bwd(name) for name in implementations}, args.rounds, 3, partial(synchronize, device))
     speed = {name: {"fwd_bwd_ms": 1e3 * t, "speedup_vs_reference": times["reference"] / t} for name, t in times.items()}
 
     memory = {}
@@ -181,27 +173,27 @@ class TrainBench:
         model = networks.create_net(args.arch, attention_type, param, args.num_classes)
         model.to(device, memory_format=self.memory_format).train()
         self.model = torch.compile(model) if compile else model
-        self.amp_dtype = amp_dtype_for(amp, device)
-        recipe = argparse.Namespace(lr=0.1, momentum=0.9, weight_decay=1e-4)
+        amp_dtype = amp_dtype_for(amp, device)
+        lr, momentum, weight_decay = 0.1, 0.9, 1e-4
         # the project's optimizer, or the release's (torch's default SGD implementation)
-        self.optimizer = (build_optimizer(model, recipe) if not release_optimizer else
-                          torch.optim.SGD(model.parameters(), recipe.lr, momentum=recipe.momentum,
-                                          weight_decay=recipe.weight_decay))
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
-        self.criterion = nn.CrossEntropyLoss()
+        optimizer = (build_optimizer(model, lr, momentum, weight_decay) if not release_optimizer else
+                     torch.optim.SGD(model.parameters(), lr, momentum=momentum, weight_decay=weight_decay))
+        scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+        self.state = TrainState(model, optimizer, scheduler=None, scaler=scaler, iterations_per_epoch=1)  # no schedule
+        self.options = StepOptions(Context(device), nn.CrossEntropyLoss(), self.memory_format, amp_dtype)
         shape = (args.batch_size, 3, args.image_size, args.image_size)
         # what the loader hands over: uint8 (normalised on the device) or normalised floats (pinned on CUDA)
         images = torch.randint(0, 256, shape, dtype=torch.uint8) if uint8 else torch.randn(shape)
         target = torch.randint(0, args.num_classes, (args.batch_size,))
         self.batch = (images.pin_memory(), target.pin_memory()) if device.type == "cuda" else (images, target)
-        self.settings = {"amp": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "fp32",
+        self.settings = {"amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
                          "channels_last": channels_last, "compile": compile, "simam_impl": simam_impl,
                          "input": "uint8, normalised on the device" if uint8 else "float32"}
 
     def step(self) -> None:
         networks.set_simam_implementation(self.simam_impl)
         images, target = to_device(*self.batch, self.device, self.memory_format)
-        train_step(self.model, images, target, self.criterion, self.optimizer, self.scaler, self.amp_dtype)
+        train_step(self.model, images, target, self.state, self.options)
 
 
 def recommended_and_release(args, device: torch.device) -> dict[str, TrainBench]:
@@ -226,7 +218,7 @@ def suite_train(args) -> dict:
             bench.step()
     rounds = max(1, min(args.rounds, args.steps))
     times = alternate({name: bench.step for name, bench in benches.items()}, rounds,
-                      max(1, args.steps // rounds), device)
+                      max(1, args.steps // rounds), partial(synchronize, device))
     result = {"arch": args.arch, "attention_type": args.attention_type, "attention_param": args.attention_param,
               "batch_size": args.batch_size, "image_size": args.image_size, "steps": args.steps,
               "settings": benches["recommended"].settings,
@@ -241,7 +233,8 @@ def comparisons(benches: dict[str, TrainBench], times: dict[str, float], batch_s
         result.update(no_attention_images_per_sec=batch_size / times["no_attention"],
                       attention_overhead_pct=100 * (times["recommended"] / times["no_attention"] - 1))
     if "release" in benches:
-        result.update(release_settings=benches["release"].settings, release_images_per_sec=batch_size / times["release"],
+        result.update(release_settings=benches["release"].settings,
+                      release_images_per_sec=batch_size / times["release"],
                       speedup_vs_release=times["release"] / times["recommended"])
     return result
 
@@ -254,8 +247,8 @@ def suite_eval(args) -> dict:
     def infer(bench: TrainBench) -> Callable[[], None]:
         def run() -> None:
             networks.set_simam_implementation(bench.simam_impl)
-            with torch.inference_mode(), torch.autocast(device.type, dtype=bench.amp_dtype,
-                                                        enabled=bench.amp_dtype is not None):
+            with torch.inference_mode(), torch.autocast(device.type, dtype=bench.options.amp_dtype,
+                                                        enabled=bench.options.amp_dtype is not None):
                 bench.model(to_device(*bench.batch, device, bench.memory_format)[0])
         return run
 
@@ -265,7 +258,7 @@ def suite_eval(args) -> dict:
             infer(bench)()
     rounds = max(1, min(args.rounds, args.steps))
     times = alternate({name: infer(bench) for name, bench in benches.items()}, rounds,
-                      max(1, args.steps // rounds), device)
+                      max(1, args.steps // rounds), partial(synchronize, device))
     result = {"arch": args.arch, "attention_type": args.attention_type, "batch_size": args.batch_size,
               "image_size": args.image_size, "settings": benches["recommended"].settings,
               "images_per_sec": args.batch_size / times["recommended"]}
@@ -291,7 +284,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda but CUDA is not available")
+        raise UserError("--device cuda but CUDA is not available")
     chosen = networks.get_simam_implementation()
     try:
         result = {"suite": args.suite, **environment(device), **SUITES[args.suite](args)}
@@ -309,5 +302,8 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
+cli = make_cli(main)  # bad input: one line `error: ...`, exit status 2
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

@@ -25,6 +25,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import networks  # noqa: E402
+from scripts._cli import make_cli  # noqa: E402
+from training.errors import UserError  # noqa: E402
+from training.metrics import EVAL_JSON_KEYS  # noqa: E402
 
 ARCHS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnext50_32x4d", "mobilenet_v2"]
 ATTENTIONS = ["none", "se", "cbam", "eca", "srm", "simam"]
@@ -45,8 +48,8 @@ PAPER = {
     ("mobilenet_v2", "simam"): (72.36, 90.74),
 }
 
-EVAL_KEYS = ("arch", "attention_type", "attention_param", "checkpoint", "epoch", "top1", "top5", "loss",
-             "n_images", "params_m", "gflops", "val_resize_size", "val_crop_size", "data")
+# every key of an evaluation but bad_images, which evaluations written before --skip-bad-images lack
+REQUIRED_KEYS = tuple(key for key in EVAL_JSON_KEYS if key != "bad_images")
 CSV_COLUMNS = ["arch", "attention_type", "attention_param", "params_m", "gflops", "top1", "top5", "paper_top1",
                "paper_top5", "delta_top1", "delta_top5", "checkpoint", "n_images"]
 IMAGENET_VAL = {"n_images": 50000, "val_resize_size": 256, "val_crop_size": 224}
@@ -56,12 +59,16 @@ DASH = "–"
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="*", metavar="EVAL_JSON_OR_DIR",
-                        help="evaluation JSON files, or folders searched recursively for them (other JSON files are skipped)")
+                        help="evaluation JSON files, or folders searched recursively for them "
+                             "(other JSON files are skipped)")
     parser.add_argument("-o", "--output", default="results/imagenet.md",
-                        help="markdown file to write; the CSV goes beside it with the same stem (default: results/imagenet.md)")
-    parser.add_argument("--archs", default=None, help=f"comma-separated subset of rows' backbones: {','.join(ARCHS)} (default: all)")
+                        help="markdown file to write; the CSV goes beside it with the same stem "
+                             "(default: results/imagenet.md)")
+    parser.add_argument("--archs", default=None,
+                        help=f"comma-separated subset of rows' backbones: {','.join(ARCHS)} (default: all)")
     parser.add_argument("--attentions", default=None,
-                        help=f"comma-separated subset of attentions: {','.join(ATTENTIONS)} ('baseline' = none; default: all)")
+                        help=f"comma-separated subset of attentions: {','.join(ATTENTIONS)} "
+                             f"('baseline' = none; default: all)")
     return parser
 
 
@@ -72,7 +79,8 @@ def _subset(value: str | None, choices: list[str], what: str, aliases: dict[str,
     names = [(aliases or {}).get(n.strip().lower(), n.strip().lower()) for n in value.split(",") if n.strip()]
     unknown = [n for n in names if n not in choices]
     if unknown or not names:
-        sys.exit(f"error: unknown {what} {', '.join(map(repr, unknown)) or repr(value)}; valid choices: {', '.join(choices)}")
+        raise UserError(f"unknown {what} {', '.join(map(repr, unknown)) or repr(value)}; "
+                        f"valid choices: {', '.join(choices)}")
     return [c for c in choices if c in names]
 
 
@@ -93,7 +101,7 @@ def read_evaluation(path: str) -> dict:
         raise NotAnEvaluation(f"not readable JSON ({type(error).__name__})") from None
     if not isinstance(data, dict):
         raise NotAnEvaluation("not a JSON object")
-    missing = [k for k in EVAL_KEYS if k not in data]
+    missing = [k for k in REQUIRED_KEYS if k not in data]
     if missing:
         raise NotAnEvaluation(f"missing keys {', '.join(missing)}")
     if not (isinstance(data["arch"], str) and isinstance(data["attention_type"], str)):
@@ -110,7 +118,7 @@ def collect_evaluations(inputs: list[str]) -> list[dict]:
     evaluations, skipped = [], 0
     for given in inputs:
         if not os.path.exists(given):
-            sys.exit(f"error: no such file or folder: {given}")
+            raise UserError(f"no such file or folder: {given}")
         if os.path.isdir(given):
             found = 0
             for root, dirs, files in os.walk(given):
@@ -128,7 +136,7 @@ def collect_evaluations(inputs: list[str]) -> list[dict]:
             try:
                 evaluations.append(read_evaluation(given))
             except NotAnEvaluation as why:
-                sys.exit(f"error: {given} is not an evaluation result of main_imagenet.py -e: {why}")
+                raise UserError(f"{given} is not an evaluation result of main_imagenet.py -e: {why}") from None
     if skipped:
         print(f"skipped {skipped} JSON file(s) that are not evaluation results", file=sys.stderr)
     return evaluations
@@ -136,16 +144,13 @@ def collect_evaluations(inputs: list[str]) -> list[dict]:
 
 def row_param(attention_type: str, evaluated: float | None) -> float | None:
     """The attention parameter of a row: the evaluation's where it has one, else the module's default."""
-    spec = networks.ATTENTIONS.get(attention_type)
-    if spec.param_name is None:
-        return None
-    return spec.default_param if evaluated is None else evaluated
+    return networks.ATTENTIONS.get(attention_type).param_or_default(evaluated)
 
 
 def attention_label(attention_type: str, param: float | None) -> str:
     """'SimAM', or 'SE (r=8)' where the parameter is not the module's default."""
     label = ATTENTION_NAMES[attention_type]
-    if param is not None and param != networks.ATTENTIONS.get(attention_type).default_param:
+    if param is not None and param != networks.ATTENTIONS.get(attention_type).param_or_default(None):
         label += f" ({PARAM_SYMBOLS[attention_type]}={param:g})"
     return label
 
@@ -193,9 +198,10 @@ def build_rows(archs: list[str], attentions: list[str], evaluations: list[dict])
             param = row_param(attention, best["attention_param"] if best else None)
             if (arch, attention, param) not in cache:
                 try:
-                    cache[arch, attention, param] = networks.complexity(arch, attention, param, image_size=224, num_classes=1000)
+                    cache[arch, attention, param] = networks.complexity(arch, attention, param, image_size=224,
+                                                                        num_classes=1000)
                 except ValueError as error:  # an evaluation's parameter that the module refuses
-                    sys.exit(f"error: {best['json'] if best else arch}: {error}")
+                    raise UserError(f"{best['json'] if best else arch}: {error}") from None
             cost = cache[arch, attention, param]
             paper_top1, paper_top5 = PAPER.get((arch, attention), (None, None))
             top1, top5 = (best["top1"], best["top5"]) if best else (None, None)
@@ -215,12 +221,14 @@ def build_rows(archs: list[str], attentions: list[str], evaluations: list[dict])
                 notes.append(f"{name}: {len(candidates)} evaluations; kept the one with the highest top-1, "
                              f"`{best['json']}` ({best['top1']:.2f}); others: {others}.")
             if best:
-                differs = [f"{k} {best.get(k)} (ImageNet val: {v})" for k, v in IMAGENET_VAL.items() if best.get(k) != v]
+                differs = [f"{k} {best.get(k)} (ImageNet val: {v})" for k, v in IMAGENET_VAL.items()
+                           if best.get(k) != v]
                 if differs:
                     notes.append(f"{name}: `{best['json']}` was not evaluated on the ImageNet validation protocol "
                                  f"({'; '.join(differs)}), so it is not comparable with the paper's numbers.")
-                if attention == "simam" and param != networks.ATTENTIONS.get("simam").default_param:
-                    notes.append(f"{name}: evaluated with lambda = {param:g}; every ImageNet run of the paper uses 0.1.")
+                if attention == "simam" and param != networks.ATTENTIONS.get("simam").param_or_default(None):
+                    notes.append(f"{name}: evaluated with lambda = {param:g}; "
+                                 f"every ImageNet run of the paper uses 0.1.")
     if outside:
         listed = ", ".join(f"`{e['json']}` ({e['arch']} + {e['attention_type']})" for e in outside)
         notes.append(f"{len(outside)} evaluation(s) not shown (arch or attention outside the table's rows): {listed}.")
@@ -248,7 +256,8 @@ def markdown(rows: list[dict], notes: list[str], command: str) -> str:
     else:
         lines.append("No evaluations were given: every Top-1 cell reads \"not evaluated\"; the table holds only "
                      "the regenerated Params/FLOPs and the paper's numbers.")
-    lines += ["", "| Model | Attention | Params | FLOPs | Top-1 | Top-5 | Paper Top-1 | Paper Top-5 | Δ Top-1 | Δ Top-5 | Checkpoint |",
+    lines += ["", "| Model | Attention | Params | FLOPs | Top-1 | Top-5 | Paper Top-1 | Paper Top-5 "
+                  "| Δ Top-1 | Δ Top-5 | Checkpoint |",
               "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         top1 = "not evaluated" if r["top1"] is None else f"{r['top1']:.2f}"
@@ -285,10 +294,11 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def main(args: argparse.Namespace) -> dict:
-    """Write the markdown table and its CSV; returns the rows, notes and the two paths."""
+    """Write the markdown table and its CSV; returns the rows, notes and the two paths. Bad input raises
+    ``UserError`` before anything is written."""
     output = Path(args.output)
     if output.suffix.lower() == ".csv":
-        sys.exit(f"error: -o names the markdown file (the CSV is written beside it): {output}")
+        raise UserError(f"-o names the markdown file (the CSV is written beside it): {output}")
     archs = _subset(args.archs, ARCHS, "arch")
     attentions = _subset(args.attentions, ATTENTIONS, "attention", {"baseline": "none"})
     evaluations = collect_evaluations(args.inputs)  # bad input fails here, before any measurement
@@ -303,5 +313,8 @@ def main(args: argparse.Namespace) -> dict:
     return {"rows": rows, "notes": notes, "markdown": output, "csv": csv_path}
 
 
+cli = make_cli(main, get_args_parser)  # bad input: one line `error: ...`, exit status 2
+
+
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    sys.exit(cli())

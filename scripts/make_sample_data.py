@@ -20,6 +20,10 @@ import sys
 import numpy as np
 from PIL import Image
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from scripts._cli import make_cli  # noqa: E402
+from training.errors import UserError  # noqa: E402
+
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=add_help,
@@ -78,15 +82,19 @@ def make_dataset(out: str, classes: int = 4, train_per_class: int = 64, val_per_
 
 
 def main(args: argparse.Namespace) -> dict[str, int]:
-    counts = make_dataset(args.out, args.classes, args.train_per_class, args.val_per_class, args.size,
-                          args.quality, args.seed)
+    """Write the dataset and say what was written; bad options or an unwritable folder raise ``UserError``."""
+    try:
+        counts = make_dataset(args.out, args.classes, args.train_per_class, args.val_per_class, args.size,
+                              args.quality, args.seed)
+    except (ValueError, OSError) as error:
+        raise UserError(str(error)) from None
     print(f"wrote {counts['train']} training and {counts['val']} validation images of {args.classes} classes "
           f"({args.size}x{args.size} JPEG) to {args.out}")
     return counts
 
 
+cli = make_cli(main, get_args_parser)  # bad input: one line `error: ...`, exit status 2
+
+
 if __name__ == "__main__":
-    try:
-        main(get_args_parser().parse_args())
-    except (ValueError, OSError) as error:
-        sys.exit(f"error: {error}")
+    sys.exit(cli())

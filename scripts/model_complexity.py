@@ -17,29 +17,35 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import networks  # noqa: E402
+from scripts._cli import make_cli  # noqa: E402
+from training.errors import UserError  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-a", "--arch", default="resnet50", help=f"one of: {', '.join(networks.ARCHS.names())} (default: resnet50)")
-    parser.add_argument("--attention_type", default="none", help=f"one of: {', '.join(networks.ATTENTIONS.names())} (default: none)")
+    parser.add_argument("-a", "--arch", default="resnet50",
+                        help=f"one of: {', '.join(networks.ARCHS.names())} (default: resnet50)")
+    parser.add_argument("--attention_type", default="none",
+                        help=f"one of: {', '.join(networks.ATTENTIONS.names())} (default: none)")
     parser.add_argument("--attention_param", type=float, default=None,
-                        help="reduction ratio for se/cbam (default 16), lambda for simam (default 0.1), kernel size for eca (default adaptive)")
+                        help="reduction ratio for se/cbam (default 16), lambda for simam (default 0.1), "
+                             "kernel size for eca (default adaptive)")
     parser.add_argument("--image-size", type=int, default=224, help="input resolution (default: 224)")
     parser.add_argument("--num-classes", type=int, default=1000, help="classifier size (default: 1000)")
     parser.add_argument("--json", action="store_true", help="print one JSON object (a list with --all) instead of text")
-    parser.add_argument("--all", action="store_true", help="every arch x attention (default parameters) as a markdown table")
+    parser.add_argument("--all", action="store_true",
+                        help="every arch x attention (default parameters) as a markdown table")
     return parser
 
 
 def report(arch: str, attention_type: str, attention_param: float | None, image_size: int, num_classes: int) -> dict:
-    """Complexity of one configuration as a flat dict (attention_param resolved to its default)."""
-    spec = networks.ATTENTIONS.get(attention_type)
-    if attention_param is None:
-        attention_param = spec.default_param
-    if spec.param_name is None:
-        attention_param = None
-    result = networks.complexity(arch, attention_type, attention_param, image_size, num_classes)
+    """Complexity of one configuration as a flat dict (attention_param resolved to its default); an unknown
+    name or a parameter the module refuses raises ``UserError``."""
+    try:
+        attention_param = networks.ATTENTIONS.get(attention_type).param_or_default(attention_param)
+        result = networks.complexity(arch, attention_type, attention_param, image_size, num_classes)
+    except ValueError as error:
+        raise UserError(str(error)) from None
     return {"arch": arch, "attention_type": attention_type.lower(), "attention_param": attention_param,
             "image_size": image_size, **result.as_dict()}
 
@@ -56,7 +62,8 @@ def markdown_table(rows: list[dict]) -> str:
     lines = ["| Model | Attention | Param | Params (M) | FLOPs (G) | All ops (G) |", "|---|---|---|---:|---:|---:|"]
     for r in rows:
         param = "-" if r["attention_param"] is None else f"{r['attention_param']:g}"
-        lines.append(f"| {r['arch']} | {r['attention_type']} | {param} | {r['params_m']:.2f} | {r['gflops']:.2f} | {r['gflops_all_ops']:.3f} |")
+        lines.append(f"| {r['arch']} | {r['attention_type']} | {param} | {r['params_m']:.2f} | {r['gflops']:.2f} "
+                     f"| {r['gflops_all_ops']:.3f} |")
     return "\n".join(lines)
 
 
@@ -71,10 +78,8 @@ def main(args: argparse.Namespace) -> list[dict]:
     return [row]
 
 
+cli = make_cli(main, get_args_parser)  # bad input: one line `error: ...`, exit status 2
+
+
 if __name__ == "__main__":
-    parser = get_args_parser()
-    args = parser.parse_args()
-    try:
-        main(args)
-    except ValueError as error:  # bad name or parameter: one line, no traceback
-        sys.exit(f"{parser.prog}: error: {error}")
+    sys.exit(cli())

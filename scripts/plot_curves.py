@@ -17,6 +17,7 @@ import glob
 import json
 import os
 import sys
+from typing import Mapping
 
 import matplotlib
 
@@ -24,18 +25,20 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-# metrics.jsonl key -> TensorBoard tag
-SERIES = {"train_top1": "train/top1", "train_top5": "train/top5", "val_top1": "val/top1", "val_top5": "val/top5"}
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from scripts._cli import make_cli  # noqa: E402
+from training.errors import UserError  # noqa: E402
+from training.metrics import TENSORBOARD_TAGS  # noqa: E402
+
+# the accuracy series drawn: metrics.jsonl key -> TensorBoard tag
+SERIES = {key: TENSORBOARD_TAGS[key] for key in ("train_top1", "train_top5", "val_top1", "val_top5")}
 PANELS = (("top1", "Top-1 accuracy (%)"), ("top5", "Top-5 accuracy (%)"))
-
-
-class CurvesError(Exception):
-    """Bad input, reported as one line."""
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders holding metrics.jsonl or TensorBoard events")
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR",
+                        help="run folders holding metrics.jsonl or TensorBoard events")
     parser.add_argument("-o", "--output", default=os.path.join("results", "training_curves.png"),
                         help="image to write; the format follows the extension (default: results/training_curves.png)")
     parser.add_argument("--labels", nargs="+", default=None, metavar="LABEL",
@@ -60,9 +63,9 @@ def read_metrics_jsonl(path: str) -> dict[str, list[tuple[int, float]]]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
-                raise CurvesError(f"{path}:{number}: not a JSON line ({error.msg})") from None
+                raise UserError(f"{path}:{number}: not a JSON line ({error.msg})") from None
             if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
-                raise CurvesError(f"{path}:{number}: expected a JSON object with an integer 'epoch'")
+                raise UserError(f"{path}:{number}: expected a JSON object with an integer 'epoch'")
             by_epoch[record["epoch"]] = record
     series = {}
     for key in SERIES:
@@ -73,37 +76,38 @@ def read_metrics_jsonl(path: str) -> dict[str, list[tuple[int, float]]]:
     return series
 
 
-def read_tensorboard(run_dir: str) -> dict[str, list[tuple[int, float]]]:
-    """Series {key: [(epoch, value), ...]} from the folder's TensorBoard events (step = epoch; last value per step)."""
+def read_tensorboard(run_dir: str, tags: Mapping[str, str] = SERIES) -> dict[str, list[tuple[int, float]]]:
+    """Series {key: [(epoch, value), ...]} of ``tags`` (key -> tag) from the folder's TensorBoard events
+    (step = epoch; last value per step)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     try:
         accumulator = EventAccumulator(run_dir, size_guidance={"scalars": 0})
         accumulator.Reload()
-        tags = set(accumulator.Tags().get("scalars", []))
+        written = set(accumulator.Tags().get("scalars", []))
         series = {}
-        for key, tag in SERIES.items():
-            if tag in tags:
+        for key, tag in tags.items():
+            if tag in written:
                 last = {event.step: float(event.value) for event in accumulator.Scalars(tag)}
                 series[key] = sorted(last.items())
     except Exception as error:  # corrupt or unreadable event files
-        raise CurvesError(f"cannot read the TensorBoard events in {run_dir}: {error}") from None
+        raise UserError(f"cannot read the TensorBoard events in {run_dir}: {error}") from None
     return series
 
 
 def load_run(run_dir: str) -> dict[str, list[tuple[int, float]]]:
     """A run's accuracy series, from metrics.jsonl or else its TensorBoard event files."""
     if not os.path.isdir(run_dir):
-        raise CurvesError(f"{run_dir} is not a folder")
+        raise UserError(f"{run_dir} is not a folder")
     metrics = os.path.join(run_dir, "metrics.jsonl")
     if os.path.isfile(metrics):
         series, source = read_metrics_jsonl(metrics), metrics
     elif glob.glob(os.path.join(run_dir, "events.out.tfevents.*")):
         series, source = read_tensorboard(run_dir), f"the TensorBoard events in {run_dir}"
     else:
-        raise CurvesError(f"{run_dir} has neither metrics.jsonl nor TensorBoard event files")
+        raise UserError(f"{run_dir} has neither metrics.jsonl nor TensorBoard event files")
     if not series:
-        raise CurvesError(f"no accuracy values ({', '.join(SERIES)}) in {source}")
+        raise UserError(f"no accuracy values ({', '.join(SERIES)}) in {source}")
     return series
 
 
@@ -134,31 +138,31 @@ def plot_curves(runs: list[tuple[str, dict[str, list[tuple[int, float]]]]], titl
 
 
 def main(args: argparse.Namespace) -> str:
-    """Read the runs, draw the figure, save it (dpi 150) and print its path; bad input exits with one line."""
+    """Read the runs, draw the figure, save it (dpi 150) and print its path; bad input raises ``UserError``."""
+    if args.labels is not None and len(args.labels) != len(args.runs):
+        raise UserError(f"{len(args.labels)} labels given for {len(args.runs)} run folders")
+    labels = args.labels or [default_label(run) for run in args.runs]
+    runs = [(label, load_run(run)) for label, run in zip(labels, args.runs)]
+    extension = os.path.splitext(args.output)[1].lstrip(".").lower()
+    fig = plot_curves(runs, args.title)
     try:
-        if args.labels is not None and len(args.labels) != len(args.runs):
-            raise CurvesError(f"{len(args.labels)} labels given for {len(args.runs)} run folders")
-        labels = args.labels or [default_label(run) for run in args.runs]
-        runs = [(label, load_run(run)) for label, run in zip(labels, args.runs)]
-        extension = os.path.splitext(args.output)[1].lstrip(".").lower()
-        fig = plot_curves(runs, args.title)
-        try:
-            supported = fig.canvas.get_supported_filetypes()
-            if extension not in supported:
-                raise CurvesError(f"cannot write '{args.output}': use one of the extensions {', '.join(sorted(supported))}")
-            folder = os.path.dirname(args.output)
-            if folder:
-                os.makedirs(folder, exist_ok=True)
-            fig.savefig(args.output, dpi=150)
-        except OSError as error:
-            raise CurvesError(f"cannot write {args.output}: {error.strerror or error}") from None
-        finally:
-            plt.close(fig)
-    except CurvesError as error:
-        sys.exit(f"error: {error}")
+        supported = fig.canvas.get_supported_filetypes()
+        if extension not in supported:
+            raise UserError(f"cannot write '{args.output}': use one of the extensions {', '.join(sorted(supported))}")
+        folder = os.path.dirname(args.output)
+        if folder:
+            os.makedirs(folder, exist_ok=True)
+        fig.savefig(args.output, dpi=150)
+    except OSError as error:
+        raise UserError(f"cannot write {args.output}: {error.strerror or error}") from None
+    finally:
+        plt.close(fig)
     print(args.output)
     return args.output
 
 
+cli = make_cli(main, get_args_parser)  # bad input: one line `error: ...`, exit status 2
+
+
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    sys.exit(cli())

@@ -7,9 +7,11 @@ sigmoid(1/e_t*) over channels of one SimAM module per stage (blank columns for o
 
 Examples:
     python scripts/visualize_attention.py --images cat.jpg dog.jpg \\
-        --checkpoints ckpts/imagenet-resnet50/model_best.pth.tar ckpts/imagenet-resnet50-simam-param0.1/model_best.pth.tar \\
+        --checkpoints ckpts/imagenet-resnet50/model_best.pth.tar \\
+            ckpts/imagenet-resnet50-simam-param0.1/model_best.pth.tar \\
         --labels ResNet-50 SimAM-R50 -o results/attention.png
-    python scripts/visualize_attention.py --images cat.jpg --checkpoints release_r50_simam.pth.tar -a resnet50 --attention_type simam
+    python scripts/visualize_attention.py --images cat.jpg --checkpoints release_r50_simam.pth.tar \\
+        -a resnet50 --attention_type simam
 """
 
 from __future__ import annotations
@@ -33,12 +35,11 @@ from PIL import Image, UnidentifiedImageError  # noqa: E402
 from torch import nn  # noqa: E402
 
 import networks  # noqa: E402
-from training.checkpoint import classifier_classes, identify_layouts, load_weights  # noqa: E402
+from networks.identify import classifier_classes  # noqa: E402
+from scripts._cli import make_cli  # noqa: E402
+from training.checkpoint import load_weights  # noqa: E402
 from training.errors import UserError  # noqa: E402
 from training.presets import IMAGENET_MEAN, IMAGENET_STD, eval_transform  # noqa: E402
-
-STAGES = ("layer1", "layer2", "layer3", "layer4")
-MAX_SIMAM_MAPS = 4
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -49,13 +50,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--labels", nargs="+", default=None, metavar="LABEL",
                         help="one row label per checkpoint (default: the file name and network)")
     parser.add_argument("-a", "--arch", default=None,
-                        help=f"for checkpoints that do not record it: {', '.join(networks.ARCHS.names())} "
+                        help=f"one of {', '.join(networks.ARCHS.names())}; wins over the checkpoint's record "
                              "(default: the checkpoint's, or inferred from its keys)")
     parser.add_argument("--attention_type", default=None,
-                        help=f"for checkpoints that do not record it: {', '.join(networks.ATTENTIONS.names())} "
+                        help=f"one of {', '.join(networks.ATTENTIONS.names())}; wins over the checkpoint's record "
                              "(default: the checkpoint's, or inferred from its keys)")
     parser.add_argument("--attention_param", type=float, default=None,
-                        help="for checkpoints that do not record it (default: the module's default, lambda 0.1 for simam)")
+                        help="wins over the checkpoint's record (default: the checkpoint's for its attention, else "
+                             "the module's default, lambda 0.1 for simam)")
     parser.add_argument("--num-classes", type=int, default=None,
                         help="classifier size when the checkpoint has no classifier weight (default: from the weights)")
     parser.add_argument("--target-class", type=int, default=None,
@@ -83,66 +85,25 @@ class LoadedNet:
     label: str = ""
 
 
-def _same(a, b) -> bool:
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-        return float(a) == float(b)
-    return str(a).lower() == str(b).lower()
-
-
-def _pick(field_name: str, recorded: dict, given, path: str):
-    """The checkpoint's record of a field, else the command line's; a contradiction is an error."""
-    value = recorded.get(field_name)
-    if value is None:
-        return given
-    if given is not None and not _same(given, value):
-        raise UserError(f"{path} records {field_name} {value!r} but {given!r} was given; "
-                        "leave the option out for checkpoints that record it")
-    return value
-
-
 def resolve_network(raw: object, state_dict: dict, path: str, arch: str | None = None,
                     attention_type: str | None = None, attention_param: float | None = None,
-                    num_classes: int | None = None) -> tuple[str, str, float | None, int]:
-    """(arch, attention_type, attention_param, num_classes) of a checkpoint: its record (our format),
-    else the given values, else inferred from the keys with ``identify_layouts``.
+                    num_classes: int | None = None) -> tuple[networks.NetworkSpec, int]:
+    """(network, class count) of a loaded checkpoint. The network is ``networks.identify_network``'s: given values,
+    then the checkpoint's record, then its key layout. The class count is the classifier weight's, else
+    ``num_classes``, the record's or 1000.
 
-    Unknown names raise ``ValueError``; a contradiction or an unidentifiable network raises ``UserError``.
+    Unknown names and an unidentifiable network raise ``ValueError``; a contradicting ``num_classes`` ``UserError``.
     """
-    recorded = raw if isinstance(raw, dict) else {}
     for registry, name in ((networks.ARCHS, arch), (networks.ATTENTIONS, attention_type)):
         if name is not None:
             registry.get(name)  # ValueError naming the choices
-    arch = _pick("arch", recorded, arch, path)
-    attention_type = _pick("attention_type", recorded, attention_type, path)
-    if arch is None or attention_type is None:
-        every = identify_layouts(state_dict)
-        layouts = [(a, t) for a, t in every
-                   if (arch is None or _same(arch, a)) and (attention_type is None or _same(attention_type, t))]
-        if not layouts:
-            known = " ".join(f"{k} {v}" for k, v in (("-a", arch), ("--attention_type", attention_type)) if v)
-            if every:
-                found = " or ".join(f"-a {a} --attention_type {t}" for a, t in every)
-                raise UserError(f"{path} is a different network than {known}: it fits {found}")
-            raise UserError(f"{path}: its keys fit no network of this code base{' with ' + known if known else ''}; "
-                            "give -a and --attention_type (and --attention_param) to get a diagnosis")
-        if len(layouts) > 1:
-            found = " or ".join(f"-a {a} --attention_type {t}" for a, t in layouts)
-            raise UserError(f"{path}: ambiguous network, it fits {found}; say which")
-        arch, attention_type = layouts[0]
-    arch, attention_type = str(arch).lower(), str(attention_type).lower()
-    networks.ARCHS.get(arch)
-    spec = networks.ATTENTIONS.get(attention_type)
-    if _same(recorded.get("attention_type"), attention_type):
-        attention_param = _pick("attention_param", recorded, attention_param, path)
-    if spec.param_name is None:
-        attention_param = None
-    elif attention_param is None:
-        attention_param = spec.default_param
+    network = networks.identify_network(raw, arch and arch.lower(), attention_type and attention_type.lower(),
+                                        attention_param, source=path)
     from_weights = classifier_classes(state_dict)
     if from_weights is not None and num_classes is not None and num_classes != from_weights:
         raise UserError(f"{path} has {from_weights} classes but --num-classes {num_classes} was given")
-    num_classes = from_weights or num_classes or recorded.get("num_classes") or 1000
-    return arch, attention_type, attention_param, int(num_classes)
+    recorded = raw.get("num_classes") if isinstance(raw, dict) else None
+    return network, int(from_weights or num_classes or recorded or 1000)
 
 
 def load_network(path: str, arch: str | None = None, attention_type: str | None = None,
@@ -154,15 +115,15 @@ def load_network(path: str, arch: str | None = None, attention_type: str | None 
     try:
         raw = networks.load_checkpoint_file(path)  # torch.load(weights_only=True): nothing is executed
         state_dict = networks.state_dict_of(raw, path)  # i.e. networks.read_state_dict(path)
-        arch, attention_type, attention_param, num_classes = resolve_network(
-            raw, state_dict, path, arch, attention_type, attention_param, num_classes)
-        model = networks.create_net(arch, attention_type, attention_param, num_classes)
+        network, num_classes = resolve_network(raw, state_dict, path, arch, attention_type, attention_param,
+                                               num_classes)
+        model = network.create(num_classes)
     except ValueError as error:
         raise UserError(str(error).splitlines()[0]) from None
-    load_weights(model, state_dict, path, arch, attention_type, num_classes)  # strict; UserError with a diagnosis
+    load_weights(model, state_dict, path, network.arch, network.attention_type, num_classes)  # strict, diagnosed
     model.eval().requires_grad_(False)  # Grad-CAM differentiates w.r.t. activations only
     classes = raw.get("classes") if isinstance(raw, dict) and isinstance(raw.get("classes"), list) else None
-    return LoadedNet(model, path, arch, attention_type, attention_param, num_classes, classes)
+    return LoadedNet(model, path, network.arch, network.attention_type, network.attention_param, num_classes, classes)
 
 
 def describe(net: LoadedNet) -> str:
@@ -182,7 +143,8 @@ def load_image(path: str, resize_size: int, crop_size: int) -> tuple[torch.Tenso
         with Image.open(path) as image:
             image = image.convert("RGB")
     except (UnidentifiedImageError, OSError) as error:
-        raise UserError(f"{path}: not a readable image ({str(error).splitlines()[0] if str(error) else type(error).__name__})") from None
+        raise UserError(f"{path}: not a readable image "
+                        f"({str(error).splitlines()[0] if str(error) else type(error).__name__})") from None
     x = eval_transform(resize_size, crop_size)(image).unsqueeze(0)
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
@@ -201,30 +163,38 @@ def simam_weight_map(x: torch.Tensor, e_lambda: float) -> torch.Tensor:
     return networks.simam_gate(x.detach().float(), e_lambda).mean(dim=1)
 
 
-def select_simam_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """One SimAM module per stage: the last one in each of layer1..layer4 (ResNet/ResNeXt), otherwise up to
-    four evenly spaced ones (MobileNetV2). Empty for networks without SimAM."""
-    found = [(name, m) for name, m in model.named_modules() if isinstance(m, networks.SimAM)]
-    if not found:
-        return []
-    if all(hasattr(model, stage) for stage in STAGES):
-        chosen = []
-        for stage in STAGES:
-            in_stage = [(n, m) for n, m in found if n.startswith(stage + ".")]
-            if in_stage:
-                chosen.append(in_stage[-1])
-        return chosen
-    picks = np.linspace(0, len(found) - 1, min(MAX_SIMAM_MAPS, len(found))).round().astype(int)
-    return [found[i] for i in sorted(set(picks.tolist()))]
-
-
-def target_layer(model: nn.Module) -> nn.Module:
-    """Grad-CAM's layer: the last convolutional stage (``layer4``; MobileNetV2: ``features[-1]``)."""
-    if hasattr(model, "layer4"):
-        return model.layer4
-    if hasattr(model, "features"):
-        return model.features[-1]
+def arch_spec(model: nn.Module, arch: str | None = None) -> networks.ArchSpec:
+    """The registry entry of ``arch``; without one, that of the first registered arch whose stages, Grad-CAM layer
+    and classifier ``model`` has."""
+    if arch is not None:
+        return networks.ARCHS.get(arch)
+    modules = dict(model.named_modules())
+    for name in networks.ARCHS:
+        spec = networks.ARCHS.get(name)
+        if all(node in modules for node in (*spec.feature_nodes, spec.gradcam_layer, spec.classifier)):
+            return spec
     raise UserError(f"no Grad-CAM target layer known for {type(model).__name__}")
+
+
+def select_simam_modules(model: nn.Module, arch: str | None = None) -> list[tuple[str, nn.Module]]:
+    """One SimAM module per stage: the last one in each of feature levels 1-4 (C2-C5: from the end of the previous
+    level's ``feature_nodes`` module to the end of its own, e.g. layer1..layer4). Empty for networks without SimAM."""
+    named = list(model.named_modules())
+    if not any(isinstance(m, networks.SimAM) for _, m in named):
+        return []
+    nodes = arch_spec(model, arch).feature_nodes
+    ends = [max(i for i, (name, _) in enumerate(named) if name == node or name.startswith(node + "."))
+            for node in nodes]
+    chosen = []
+    for previous_end, end in zip(ends, ends[1:]):  # levels 1-4; level 0 is the stem
+        in_stage = [named[i] for i in range(previous_end + 1, end + 1) if isinstance(named[i][1], networks.SimAM)]
+        chosen += in_stage[-1:]
+    return chosen
+
+
+def target_layer(model: nn.Module, arch: str | None = None) -> nn.Module:
+    """Grad-CAM's layer: the arch's ``gradcam_layer``, its last convolutional stage (e.g. ``layer4``)."""
+    return model.get_submodule(arch_spec(model, arch).gradcam_layer)
 
 
 def _flat(m: torch.Tensor | np.ndarray) -> bool:
@@ -253,8 +223,10 @@ class Explanation:
     simam_maps: list[tuple[str, torch.Tensor]] = field(default_factory=list)  # (module name, HxW at input size)
 
 
-def explain(model: nn.Module, x: torch.Tensor, target_class: int | None = None) -> Explanation:
-    """Grad-CAM (Selvaraju et al.) at ``target_layer(model)`` and the selected SimAM maps, for one image ``x``.
+def explain(model: nn.Module, x: torch.Tensor, target_class: int | None = None,
+            arch: str | None = None) -> Explanation:
+    """Grad-CAM (Selvaraju et al.) at ``target_layer(model, arch)`` and the selected SimAM maps, for one image ``x``
+    (``arch``: the model's, else found from its layout).
 
     Forward hooks keep the target activations A (and register a hook on A for its gradient) and compute the SimAM
     maps from each selected module's input; the class score's gradient gives w_c = mean_ij dy/dA_cij, and
@@ -274,8 +246,8 @@ def explain(model: nn.Module, x: torch.Tensor, target_class: int | None = None) 
                 store["maps"].append((name, simam_weight_map(inputs[0], module.e_lambda)[0]))
         return hook
 
-    handles = [target_layer(model).register_forward_hook(keep_activation)]
-    handles += [m.register_forward_hook(keep_simam(name)) for name, m in select_simam_modules(model)]
+    handles = [target_layer(model, arch).register_forward_hook(keep_activation)]
+    handles += [m.register_forward_hook(keep_simam(name)) for name, m in select_simam_modules(model, arch)]
     trainable = [p for p in model.parameters() if p.requires_grad]
     try:
         for p in trainable:  # differentiate w.r.t. the activations only; no parameter .grad is written
@@ -344,8 +316,8 @@ def draw(rows: list[dict], output: str) -> None:
     plt.close(fig)
 
 
-def run(args: argparse.Namespace) -> str:
-    """Everything ``main`` does, with bad input as ``UserError``; returns the output path."""
+def main(args: argparse.Namespace) -> str:
+    """Write the figure and print its path; bad input raises ``UserError``."""
     if args.labels is not None and len(args.labels) != len(args.checkpoints):
         raise UserError(f"--labels gives {len(args.labels)} labels for {len(args.checkpoints)} checkpoints")
     if args.image_size < 1 or args.resize_size < args.image_size:
@@ -355,27 +327,22 @@ def run(args: argparse.Namespace) -> str:
     for i, path in enumerate(args.checkpoints):
         net = load_network(path, args.arch, args.attention_type, args.attention_param, args.num_classes)
         if args.target_class is not None and not 0 <= args.target_class < net.num_classes:
-            raise UserError(f"--target-class {args.target_class} is out of range for {path} ({net.num_classes} classes)")
+            raise UserError(f"--target-class {args.target_class} is out of range for {path} "
+                            f"({net.num_classes} classes)")
         net.label = args.labels[i] if args.labels else f"{os.path.basename(path)}\n{describe(net)}"
         nets.append(net)
     rows = []
     for image_path, x, crop in images:
         for net in nets:
             rows.append({"image": image_path, "crop": crop, "label": net.label, "classes": net.classes,
-                         "explanation": explain(net.model, x, args.target_class)})
+                         "explanation": explain(net.model, x, args.target_class, net.arch)})
     draw(rows, args.output)
+    print(args.output)
     return args.output
 
 
-def main(args: argparse.Namespace) -> str:
-    """Write the figure and print its path; bad input exits with one line (``error: ...``)."""
-    try:
-        output = run(args)
-    except UserError as error:
-        sys.exit(f"error: {str(error).splitlines()[0] if str(error) else type(error).__name__}")
-    print(output)
-    return output
+cli = make_cli(main, get_args_parser)  # bad input: one line `error: ...`, exit status 2
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    sys.exit(cli())

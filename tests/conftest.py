@@ -15,3 +15,36 @@ def _seed_and_simam_implementation():
     import networks  # a test that chose another SimAM implementation must not leak it into the next
 
     networks.set_simam_implementation(os.environ["SIMAM_IMPL"])
+
+
+def _dataset(tmp_path_factory, name: str, **options):
+    from scripts.make_sample_data import make_dataset
+
+    root = tmp_path_factory.mktemp(name)
+    make_dataset(str(root), **options)
+    return root
+
+
+# Generated datasets in ImageNet's layout, made once per test session; tests must not modify them.
+@pytest.fixture(scope="session")
+def four_class_data(tmp_path_factory):
+    """4 classes, 160 training images (10 steps of 16), 36 validation images, 40 px."""
+    return _dataset(tmp_path_factory, "four_class", classes=4, train_per_class=40, val_per_class=9, size=40, seed=1)
+
+
+@pytest.fixture(scope="session")
+def three_class_data(tmp_path_factory):
+    """3 classes, 48 training images (3 steps of 16), 12 validation images, 40 px."""
+    return _dataset(tmp_path_factory, "three_class", classes=3, train_per_class=16, val_per_class=4, size=40, seed=3)
+
+
+@pytest.fixture(scope="session")
+def odd_data(tmp_path_factory):
+    """3 classes, 48 training images and 21 validation images (an odd count for sharding), 40 px."""
+    return _dataset(tmp_path_factory, "odd", classes=3, train_per_class=16, val_per_class=7, size=40, seed=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """3 classes, 12 training and 9 validation images, 32 px: for runs that only need to start."""
+    return _dataset(tmp_path_factory, "tiny", classes=3, train_per_class=4, val_per_class=3, size=32)

@@ -1,6 +1,10 @@
 """Small helpers shared by the tests."""
 
+import os
+
 import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
 
 
 def randomize_bn_statistics(model: torch.nn.Module) -> torch.nn.Module:
@@ -43,3 +47,21 @@ def direct_accuracy(model, val_dir, resize=36, crop=32):
             top1 += ranked[0] == label
             top5 += label in ranked[:5]
     return 100.0 * top1 / len(dataset), 100.0 * top5 / len(dataset), len(dataset)
+
+
+def release_sgd_state(model: torch.nn.Module, steps: int = 2) -> dict:
+    """The state the release's plain SGD (not fused) leaves after a few steps: real momentum buffers."""
+    optimizer = torch.optim.SGD(model.parameters(), 0.1, momentum=0.9, weight_decay=1e-4)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        model(torch.randn(2, 3, 32, 32)).logsumexp(1).mean().backward()
+        optimizer.step()
+    return optimizer.state_dict()
+
+
+def spawn_on_two_cpus(args) -> None:
+    """``main_imagenet.spawn``, the --gpu 0,1 path (one process per device), with two CPU devices."""
+    import main_imagenet
+    from training.distributed import free_port
+
+    main_imagenet.spawn([torch.device("cpu"), torch.device("cpu")], args, f"tcp://127.0.0.1:{free_port()}")

@@ -10,10 +10,12 @@ import pytest
 import torch
 
 from scripts import benchmark
+from training import presets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_train_suite_prints_one_json_line_with_images_per_sec(tmp_path):
     committed = os.path.join(ROOT, "results", "benchmarks", "train-resnet18-simam-cpu.json")
     before = os.stat(committed).st_mtime_ns if os.path.exists(committed) else None
@@ -63,3 +65,41 @@ def test_eval_suite(tmp_path):
                              "--image-size", "32", "--steps", "1", "--warmup", "1", "--rounds", "1", "--no-compile",
                              "--num-classes", "10", "--output", str(tmp_path / "eval.json")])
     assert result["images_per_sec"] > 0 and result["release_images_per_sec"] > 0
+
+
+def test_alternate_reports_the_median_round_and_alternates_the_order(monkeypatch):
+    """Both benchmarks' timing: every round times each candidate in turn (reversed every other round) and each
+    figure is the median over the rounds of the seconds per call."""
+    from scripts import _timing
+
+    clock, calls = [0.0], []
+    monkeypatch.setattr(_timing.time, "perf_counter", lambda: clock[0])
+    durations = {"a": iter([1.0, 1.0, 9.0, 9.0, 2.0, 2.0]), "b": iter([4.0, 4.0, 3.0, 3.0, 5.0, 5.0])}
+
+    def candidate(name):
+        def call():
+            calls.append(name)
+            clock[0] += next(durations[name])
+        return call
+
+    syncs = []
+    seconds = _timing.alternate({"a": candidate("a"), "b": candidate("b")}, rounds=3, per_round=2,
+                                synchronize=lambda: syncs.append(1))
+    assert calls == ["a", "a", "b", "b", "b", "b", "a", "a", "a", "a", "b", "b"]
+    assert seconds == {"a": 2.0, "b": 4.0}
+    assert len(syncs) == 2 * 2 * 3  # before and after every timed candidate
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda_is_one_line(capsys):
+    assert benchmark.cli(["--suite", "simam", "--device", "cuda"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == ["error: --device cuda but CUDA is not available"]
+
+
+def test_data_benchmark_reports_both_pipelines(tmp_path):
+    from scripts._data_benchmark import run_data_suite
+
+    result = run_data_suite(image_count=2, image_size=(64, 48), crop=32, resize=36, repeats=1, workdir=str(tmp_path))
+    for pipeline in presets.PIPELINES:
+        assert all(result["images_per_sec"][pipeline][split] > 0 for split in ("train", "eval", "decode"))
+    assert set(result["speedup"]) == {"train", "eval", "decode"} and result["settings"]["threads"] == 1

@@ -10,23 +10,15 @@ import torch
 
 import main_imagenet
 from helpers import TINY, train_argv
-from scripts.make_sample_data import make_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    make_dataset(str(root), classes=3, train_per_class=4, val_per_class=2, size=32)
-    return root
-
-
 @pytest.fixture
-def broken_data(data, tmp_path):
+def broken_data(tiny_data, tmp_path):
     """A copy of the data that a test may damage."""
     copy = tmp_path / "broken"
-    shutil.copytree(data, copy)
+    shutil.copytree(tiny_data, copy)
     return copy
 
 
@@ -76,24 +68,24 @@ def test_corrupt_image_is_named(broken_data, tmp_path, capsys, workers):
     (["-b", "0"], "--batch-size must be at least 1"),
     (["--label-smoothing", "1.5"], "--label-smoothing must be in [0, 1)"),
 ])
-def test_bad_flags(data, tmp_path, capsys, flags, expected):
-    fails([*train_argv(data, tmp_path), *flags], capsys, expected)
+def test_bad_flags(tiny_data, tmp_path, capsys, flags, expected):
+    fails([*train_argv(tiny_data, tmp_path), *flags], capsys, expected)
 
 
-def test_gpu_that_does_not_exist(data, tmp_path, capsys):
+def test_gpu_that_does_not_exist(tiny_data, tmp_path, capsys):
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    fails([*train_argv(data, tmp_path), "--gpu", str(count + 3)], capsys, f"GPU {count + 3} does not exist")
+    fails([*train_argv(tiny_data, tmp_path), "--gpu", str(count + 3)], capsys, f"GPU {count + 3} does not exist")
 
 
-def test_missing_checkpoint(data, tmp_path, capsys):
-    fails([data, "-e", "--resume", tmp_path / "missing.pth.tar", *TINY], capsys, "checkpoint not found")
+def test_missing_checkpoint(tiny_data, tmp_path, capsys):
+    fails([tiny_data, "-e", "--resume", tmp_path / "missing.pth.tar", *TINY], capsys, "checkpoint not found")
 
 
-def test_file_that_is_not_a_checkpoint(data, tmp_path, capsys):
+def test_file_that_is_not_a_checkpoint(tiny_data, tmp_path, capsys):
     (tmp_path / "notes.pth.tar").write_text("hello")
-    fails([data, "-e", "--resume", tmp_path / "notes.pth.tar", *TINY], capsys, "not a checkpoint")
+    fails([tiny_data, "-e", "--resume", tmp_path / "notes.pth.tar", *TINY], capsys, "not a checkpoint")
     torch.save({"epoch": 3}, tmp_path / "no_weights.pth.tar")
-    fails([data, "-e", "--resume", tmp_path / "no_weights.pth.tar", *TINY], capsys, "not a checkpoint")
+    fails([tiny_data, "-e", "--resume", tmp_path / "no_weights.pth.tar", *TINY], capsys, "not a checkpoint")
 
 
 class Payload:
@@ -106,12 +98,12 @@ class Payload:
         return (os.makedirs, (self.marker,))
 
 
-def test_pickle_payload_is_refused_and_never_runs(data, tmp_path, capsys):
+def test_pickle_payload_is_refused_and_never_runs(tiny_data, tmp_path, capsys):
     marker = tmp_path / "payload_ran"
     model_keys = {"conv1.weight": torch.zeros(64, 3, 7, 7)}
     torch.save({"state_dict": model_keys, "epoch": 1, "arch": "resnet18", "extra": Payload(str(marker))},
                tmp_path / "evil.pth.tar")
-    fails([data, "-e", "--resume", tmp_path / "evil.pth.tar", *TINY], capsys, "refused", "nothing was executed")
+    fails([tiny_data, "-e", "--resume", tmp_path / "evil.pth.tar", *TINY], capsys, "refused", "nothing was executed")
     assert not marker.exists()
 
 
@@ -123,26 +115,27 @@ def checkpoint_of(arch, attention, num_classes, path):
     return path
 
 
-def test_checkpoint_of_another_attention(data, tmp_path, capsys):
+def test_checkpoint_of_another_attention(tiny_data, tmp_path, capsys):
     path = checkpoint_of("resnet18", "simam", 3, tmp_path / "simam.pth.tar")
-    fails([data, "-j", "0", "-e", "--resume", path, "--attention_type", "se", "--ckpt", tmp_path, *TINY], capsys,
+    fails([tiny_data, "-j", "0", "-e", "--resume", path, "--attention_type", "se", "--ckpt", tmp_path, *TINY], capsys,
           "does not fit resnet18 + se with 3 classes", "missing keys: ", "unexpected keys: ",
           "likely cause: the checkpoint is a different network: it fits -a resnet18 --attention_type simam")
 
 
-def test_checkpoint_of_another_arch(data, tmp_path, capsys):
+def test_checkpoint_of_another_arch(tiny_data, tmp_path, capsys):
     path = checkpoint_of("resnet34", "none", 3, tmp_path / "r34.pth.tar")
-    fails([data, "-j", "0", "-e", "--resume", path, "-a", "resnet18", "--attention_type", "none", "--ckpt", tmp_path,
+    fails([tiny_data, "-j", "0", "-e", "--resume", path, "-a", "resnet18", "--attention_type", "none", "--ckpt", tmp_path,
            *TINY], capsys, "unexpected keys: layer1.2.", "it fits -a resnet34 --attention_type none")
 
 
-def test_checkpoint_with_another_class_count(data, tmp_path, capsys):
+def test_checkpoint_with_another_class_count(tiny_data, tmp_path, capsys):
     path = checkpoint_of("resnet18", "none", 1000, tmp_path / "imagenet.pth.tar")
-    fails([data, "-j", "0", "-e", "--resume", path, "--ckpt", tmp_path, *TINY], capsys,
+    fails([tiny_data, "-j", "0", "-e", "--resume", path, "--ckpt", tmp_path, *TINY], capsys,
           "shape mismatch (checkpoint vs model): fc.weight (1000, 512) vs (3, 512)",
           "likely cause: the checkpoint has 1000 classes but the data has 3")
 
 
+@pytest.mark.slow
 def test_command_line_has_no_traceback(tmp_path):
     """The real script, end to end: a bad flag value gives one line and exit status 2."""
     done = subprocess.run([sys.executable, "main_imagenet.py", str(tmp_path), "-a", "vgg16"], cwd=ROOT,

@@ -22,21 +22,14 @@ from training.checkpoint import BEST, LATEST, PREVIOUS, newest_valid_checkpoint,
 RUN = "imagenet-resnet18-simam-param0.1-seed0"
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    make_dataset(str(root), classes=3, train_per_class=16, val_per_class=4, size=40, seed=3)
-    return root
-
-
 def digest(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.fixture
-def one_epoch(data, tmp_path):
+def one_epoch(three_class_data, tmp_path):
     """A run folder after one good epoch, with the digests of its checkpoints."""
-    run_main(train_argv(data, tmp_path, "-p", "2", epochs=1))
+    run_main(train_argv(three_class_data, tmp_path, "-p", "2", epochs=1))
     run_dir = tmp_path / RUN
     return run_dir, {name: digest(run_dir / name) for name in (LATEST, BEST)}
 
@@ -56,10 +49,10 @@ def nan_loss_at(monkeypatch, steps: set[int]):
     monkeypatch.setattr(nn.CrossEntropyLoss, "forward", forward)
 
 
-def test_nan_loss_stops_without_touching_the_last_good_checkpoints(data, tmp_path, one_epoch, monkeypatch, capsys):
+def test_nan_loss_stops_without_touching_the_last_good_checkpoints(three_class_data, tmp_path, one_epoch, monkeypatch, capsys):
     run_dir, before = one_epoch
     nan_loss_at(monkeypatch, {1})
-    code = main_imagenet.cli(train_argv(data, tmp_path, "-p", "2", "--resume", "auto", epochs=2))
+    code = main_imagenet.cli(train_argv(three_class_data, tmp_path, "-p", "2", "--resume", "auto", epochs=2))
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and err[-1].startswith("error: the training loss was NaN/inf in 1 step(s) of epoch 1"), err
     assert {name: digest(run_dir / name) for name in (LATEST, BEST)} == before
@@ -67,9 +60,9 @@ def test_nan_loss_stops_without_touching_the_last_good_checkpoints(data, tmp_pat
     assert saved["epoch"] == 1 and all(torch.isfinite(v).all() for v in saved["state_dict"].values() if v.is_floating_point())
 
 
-def test_tolerated_nan_steps_make_no_update_and_are_counted(data, tmp_path, monkeypatch):
+def test_tolerated_nan_steps_make_no_update_and_are_counted(three_class_data, tmp_path, monkeypatch):
     nan_loss_at(monkeypatch, {1, 2})
-    result = run_main(train_argv(data, tmp_path, "--max-bad-steps", "2", epochs=1))
+    result = run_main(train_argv(three_class_data, tmp_path, "--max-bad-steps", "2", epochs=1))
     saved = torch.load(tmp_path / RUN / LATEST, weights_only=True)
     assert all(torch.isfinite(v).all() for v in saved["state_dict"].values() if v.is_floating_point())
     assert all(torch.isfinite(s["momentum_buffer"]).all() for s in saved["optimizer"]["state"].values())
@@ -77,26 +70,8 @@ def test_tolerated_nan_steps_make_no_update_and_are_counted(data, tmp_path, monk
     assert record["nonfinite_steps"] == 2 and result["val_top1"] >= 0
 
 
-def test_skipped_step_leaves_weights_and_momentum_untouched():
-    """The overflow flag reaches the fused SGD kernel: the step is skipped on the device."""
-    from training.optim import NonFiniteGuard, build_optimizer
-
-    model = nn.Linear(3, 2)
-    optimizer = build_optimizer(model, lr=0.1, momentum=0.9, weight_decay=1e-4)
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
-    guard = NonFiniteGuard(torch.device("cpu"), steps=2)
-    x, y = torch.randn(4, 3), torch.tensor([0, 1, 0, 1])
-    main_imagenet.train_step(model, x, y, nn.CrossEntropyLoss(), optimizer, scaler, None, guard, 0)
-    weights = [p.detach().clone() for p in model.parameters()]
-    momentum = [optimizer.state[p]["momentum_buffer"].clone() for p in model.parameters()]
-    main_imagenet.train_step(model, x * float("inf"), y, nn.CrossEntropyLoss(), optimizer, scaler, None, guard, 1)
-    assert guard.read(1) == 1
-    assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters()))
-    assert all(torch.equal(a, optimizer.state[p]["momentum_buffer"]) for a, p in zip(momentum, model.parameters()))
-
-
 @pytest.mark.parametrize("code,reason", [(errno.ENOSPC, "No space left on device"), (errno.EROFS, "Read-only file system")])
-def test_failing_save_is_reported_and_keeps_the_previous_checkpoint(data, tmp_path, one_epoch, monkeypatch, capsys,
+def test_failing_save_is_reported_and_keeps_the_previous_checkpoint(three_class_data, tmp_path, one_epoch, monkeypatch, capsys,
                                                                      code, reason):
     run_dir, before = one_epoch
 
@@ -105,7 +80,7 @@ def test_failing_save_is_reported_and_keeps_the_previous_checkpoint(data, tmp_pa
         raise OSError(code, reason)
 
     monkeypatch.setattr(training.checkpoint.torch, "save", no_room)
-    status = main_imagenet.cli(train_argv(data, tmp_path, "--resume", "auto", epochs=2))
+    status = main_imagenet.cli(train_argv(three_class_data, tmp_path, "--resume", "auto", epochs=2))
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 1 and len(err) == 1
     assert re.fullmatch(rf"error: cannot write {re.escape(str(run_dir / LATEST))}: {reason} \(\d+ MB free there: disk "
@@ -182,21 +157,21 @@ def test_newest_valid_checkpoint_skips_a_truncated_one(tmp_path):
     assert newest_valid_checkpoint(str(tmp_path), report=reports.append) is None
 
 
-def test_every_save_keeps_the_checkpoint_it_replaces(data, tmp_path):
-    run_main(train_argv(data, tmp_path, epochs=2))
+def test_every_save_keeps_the_checkpoint_it_replaces(three_class_data, tmp_path):
+    run_main(train_argv(three_class_data, tmp_path, epochs=2))
     latest = torch.load(tmp_path / RUN / LATEST, weights_only=True)
     previous = torch.load(tmp_path / RUN / PREVIOUS, weights_only=True)
     assert (latest["epoch"], previous["epoch"]) == (2, 1)
 
 
-def test_evaluation_verifies_the_manifests_sha256(data, tmp_path, one_epoch, capsys):
+def test_evaluation_verifies_the_manifests_sha256(three_class_data, tmp_path, one_epoch, capsys):
     run_dir, _ = one_epoch
     folder = tmp_path / "downloads"
     (folder / "r18").mkdir(parents=True)
     checkpoint = folder / "r18" / "model.pth.tar"
     checkpoint.write_bytes((run_dir / BEST).read_bytes())
     manifest = folder / "manifest.csv"
-    argv = [str(data), "-e", "--resume", str(checkpoint), "-j", "0", "--ckpt", str(tmp_path / "eval"), *TINY]
+    argv = [str(three_class_data), "-e", "--resume", str(checkpoint), "-j", "0", "--ckpt", str(tmp_path / "eval"), *TINY]
     manifest.write_text(f"file,arch,attention_type,attention_param,sha256\n# a comment\n"
                         f"r18/model.pth.tar,resnet18,simam,0.1,{sha256_of(str(checkpoint))}\n")
     assert main_imagenet.cli(argv) == 0
@@ -230,9 +205,9 @@ def small_disk(tmp_path):
     subprocess.run(["umount", str(mountpoint)], check=True)
 
 
-def test_a_full_disk_stops_the_run_and_keeps_the_previous_checkpoint(data, small_disk, capsys):
+def test_a_full_disk_stops_the_run_and_keeps_the_previous_checkpoint(three_class_data, small_disk, capsys):
     """A real ENOSPC: MobileNetV2 checkpoints (~18 MB) fit twice (latest and best), not a third time."""
-    argv = train_argv(data, small_disk, arch="mobilenet_v2", epochs=3)
+    argv = train_argv(three_class_data, small_disk, arch="mobilenet_v2", epochs=3)
     status = main_imagenet.cli(argv)
     err = capsys.readouterr().err.strip().splitlines()
     run_dir = small_disk / "imagenet-mobilenet_v2-simam-param0.1-seed0"

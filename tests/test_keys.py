@@ -5,8 +5,8 @@ import re
 import pytest
 import torch
 import torchvision.models as tvm
-from helpers import randomize_bn_statistics
 
+from helpers import randomize_bn_statistics
 from networks import create_net, from_torchvision
 
 RESNETS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d"]

@@ -10,6 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
 from scripts import plot_curves  # noqa: E402
+from training.metrics import TENSORBOARD_TAGS, RunLog  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 EPOCHS = 5
@@ -130,8 +131,27 @@ def test_repeated_epoch_keeps_the_last_line(tmp_path):
     assert dict(series["val_top1"])[1] == records[1]["val_top1"]
 
 
+def test_reads_back_every_series_that_runlog_writes(tmp_path):
+    """RunLog.epoch (the training's writer) and plot_curves (the reader) agree on metrics.jsonl and on every
+    TensorBoard tag."""
+    records = [dict(r, lr=0.5 ** r["epoch"]) for r in synthetic_records(0.0)]  # exact in float32
+    assert set(TENSORBOARD_TAGS) <= set(records[0])
+    run = tmp_path / "imagenet-resnet18"
+    run.mkdir()
+    log = RunLog(str(run), enabled=True)
+    for record in records:
+        log.epoch(record)
+    log.close()
+    written = {key: [(r["epoch"], r[key]) for r in records] for key in TENSORBOARD_TAGS}
+    assert plot_curves.read_tensorboard(str(run), TENSORBOARD_TAGS) == written
+    accuracy = {key: written[key] for key in plot_curves.SERIES}
+    assert plot_curves.load_run(str(run)) == accuracy  # from metrics.jsonl
+    (run / "metrics.jsonl").unlink()
+    assert plot_curves.load_run(str(run)) == accuracy  # from the TensorBoard events
+
+
 @pytest.mark.parametrize("case", ["empty_folder", "missing_folder", "label_count", "bad_json", "no_accuracy"])
-def test_bad_input_exits_with_one_line(case, two_runs, tmp_path):
+def test_bad_input_exits_with_one_line(case, two_runs, tmp_path, capsys):
     out = tmp_path / "never.png"
     argv = [*two_runs, "-o", out]
     if case == "empty_folder":
@@ -149,8 +169,7 @@ def test_bad_input_exits_with_one_line(case, two_runs, tmp_path):
     else:
         run = write_jsonl(tmp_path / "losses-only", [{"epoch": 0, "train_loss": 1.0}])
         argv, text = [run, "-o", out], "no accuracy values"
-    with pytest.raises(SystemExit) as info:
-        run_main(argv)
-    message = str(info.value.code)
+    assert plot_curves.cli([str(a) for a in argv]) == 2
+    message = capsys.readouterr().err.strip()
     assert message.startswith("error: ") and "\n" not in message and text in message, message
     assert not out.exists()

@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -24,6 +26,7 @@ def test_ci_runs_the_readme_test_command():
     assert readme_commands()[1] in ci_lines
 
 
+@pytest.mark.slow
 def test_quick_start_runs_and_learns(tmp_path):
     """The first command, minus its pip install, run in a fresh folder: trains, evaluates, lists the run."""
     import re

@@ -4,9 +4,9 @@ import copy
 
 import pytest
 import torch
-from helpers import randomize_bn_statistics
 
 import release_reference
+from helpers import randomize_bn_statistics
 from networks import create_net
 
 CASES = [(arch, att) for arch in ("resnet18", "resnet50", "resnext50_32x4d", "mobilenet_v2")

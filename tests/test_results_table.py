@@ -13,6 +13,7 @@ import main_imagenet
 import networks
 from scripts import make_results_table as table
 from scripts.make_sample_data import make_dataset
+from training.metrics import EVAL_JSON_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,6 +68,23 @@ def test_the_evaluation_json_is_a_real_simam_run(evaluation):
     result = evaluation["result"]
     assert (result["arch"], result["attention_type"], result["attention_param"]) == ("resnet18", "simam", 0.1)
     assert result["n_images"] == 9 and 0 <= result["top1"] <= 100 and result["top5"] == 100.0  # 3 classes
+
+
+def test_reads_exactly_what_the_evaluation_writes(evaluation, tmp_path):
+    """`main_imagenet.py -e` writes the keys of EVAL_JSON_KEYS and the table reads such a file; without any of
+    them (bad_images aside: evaluations written before it lack it) a file is not an evaluation."""
+    result = evaluation["result"]
+    assert set(result) == set(EVAL_JSON_KEYS) and len(result) == len(EVAL_JSON_KEYS)
+    read = table.read_evaluation(str(evaluation["json"]))
+    assert read == {**result, "json": str(evaluation["json"])}
+    for key in EVAL_JSON_KEYS:
+        path = tmp_path / f"without_{key}.json"
+        path.write_text(json.dumps({k: v for k, v in result.items() if k != key}))
+        if key == "bad_images":
+            assert table.read_evaluation(str(path))["top1"] == result["top1"]
+        else:
+            with pytest.raises(table.NotAnEvaluation, match=f"missing keys {key}$"):
+                table.read_evaluation(str(path))
 
 
 def test_simam_row_carries_the_evaluation_and_its_delta(evaluation, made):
@@ -141,15 +159,13 @@ def test_an_evaluated_reduction_ratio_is_used_for_the_complexity(evaluation, tmp
     assert float(read_csv(tmp_path / "t.csv")[0]["attention_param"]) == 8.0
 
 
-def test_bad_input_is_one_line(evaluation, tmp_path):
-    with pytest.raises(SystemExit) as info:
-        make_table(tmp_path / "missing.json", "-o", tmp_path / "t.md")
-    message = str(info.value.code)
+def test_bad_input_is_one_line(evaluation, tmp_path, capsys):
+    assert table.cli([str(tmp_path / "missing.json"), "-o", str(tmp_path / "t.md")]) == 2
+    message = capsys.readouterr().err.strip()
     assert message.startswith("error: ") and "missing.json" in message and "\n" not in message
     notes = evaluation["dir"] / "notes.json"
-    with pytest.raises(SystemExit) as info:
-        make_table(notes, "-o", tmp_path / "t.md")
-    message = str(info.value.code)
+    assert table.cli([str(notes), "-o", str(tmp_path / "t.md")]) == 2
+    message = capsys.readouterr().err.strip()
     assert message.startswith("error: ") and "not an evaluation result" in message and "\n" not in message
     assert not (tmp_path / "t.md").exists()
 
@@ -157,5 +173,5 @@ def test_bad_input_is_one_line(evaluation, tmp_path):
 def test_command_line_bad_input_has_no_traceback(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_results_table.py"), str(tmp_path / "nope"),
                            "-o", str(tmp_path / "t.md")], capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"error: no such file or folder: {tmp_path / 'nope'}"]

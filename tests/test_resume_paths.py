@@ -2,7 +2,6 @@
 the precision, errors raised by another process, repeated SIGTERMs, the release's --multiprocessing-distributed,
 NaN steps counted once over processes, and files that are not checkpoints told apart."""
 
-import copy
 import json
 import os
 import signal
@@ -11,77 +10,26 @@ import sys
 
 import pytest
 import torch
-from torch import nn
 
 import main_imagenet
 import networks
-from helpers import TINY, train_argv
+from helpers import TINY, release_sgd_state, train_argv
 from scripts.make_sample_data import make_dataset
 from test_faults_kill import Training, loadable
 from test_main_imagenet import run_main
-from training import distributed
-from training.optim import build_optimizer, load_optimizer_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN = "imagenet-resnet18-simam-param0.1-seed0"
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    make_dataset(str(root), classes=3, train_per_class=16, val_per_class=4, size=40, seed=5)  # 48 training images
-    return root
-
-
-def release_sgd_state(model: nn.Module, steps: int = 2) -> dict:
-    """The state the release's plain SGD (not fused) leaves after a few steps: real momentum buffers."""
-    optimizer = torch.optim.SGD(model.parameters(), 0.1, momentum=0.9, weight_decay=1e-4)
-    for _ in range(steps):
-        optimizer.zero_grad()
-        model(torch.randn(2, 3, 32, 32)).logsumexp(1).mean().backward()
-        optimizer.step()
-    return optimizer.state_dict()
-
-
-def reference_step(model: nn.Module, saved: dict, grads: list[torch.Tensor]) -> list[torch.Tensor]:
-    """One step of torch's plain single-tensor SGD from ``saved`` (contiguous everything): the expected weights."""
-    params = [nn.Parameter(p.detach().contiguous().clone()) for p in model.parameters()]
-    optimizer = torch.optim.SGD(params, 0.1, foreach=False)
-    optimizer.load_state_dict(copy.deepcopy(saved))  # loading shares the saved tensors
-    for param, grad in zip(params, grads):
-        param.grad = grad.contiguous().clone()
-    optimizer.step()
-    return [p.detach() for p in params]
-
-
-@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
-def test_a_release_sgd_state_continues_with_the_fused_step(layout):
-    """The release's (non-fused) SGD state, saved contiguous, continued by our fused SGD in either layout: the
-    update equals torch's plain SGD from the same state."""
-    torch.manual_seed(0)
-    model = networks.create_net("resnet18", "simam", num_classes=3)
-    saved = release_sgd_state(model)
-    model = model.to(memory_format=layout)
-    optimizer = build_optimizer(model, lr=0.1, momentum=0.9, weight_decay=1e-4)
-    load_optimizer_state(optimizer, saved)
-    grads = [torch.randn_like(p) for p in model.parameters()]
-    expected = reference_step(model, saved, grads)
-    for param, grad in zip(model.parameters(), grads):
-        param.grad = grad
-    optimizer.found_inf = torch.zeros(1)  # the guard's flag: the step a release state used to fail on
-    optimizer.step()
-    worst = max(((p.detach() - e).abs().max() / e.abs().max()).item() for p, e in zip(model.parameters(), expected))
-    assert worst < 1e-6
-
-
-def test_training_continues_from_a_release_checkpoint(data, tmp_path):
+def test_training_continues_from_a_release_checkpoint(three_class_data, tmp_path):
     torch.manual_seed(0)
     model = networks.create_net("resnet18", "simam", num_classes=3)
     optimizer_state = release_sgd_state(model)
     release = tmp_path / "model_best_in_100_epochs.pth.tar"
     torch.save({"epoch": 1, "arch": "resnet18", "best_acc": 40.0, "optimizer": optimizer_state,
                 "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, release)
-    result = run_main(train_argv(data, tmp_path / "runs", "--resume", release, epochs=2))
+    result = run_main(train_argv(three_class_data, tmp_path / "runs", "--resume", release, epochs=2))
     saved = loadable(tmp_path / "runs" / RUN / "checkpoint.pth.tar")
     assert saved["epoch"] == 2 and result["best_acc"] >= 40.0
     assert saved["optimizer"]["param_groups"][0]["fused"] is True
@@ -91,11 +39,11 @@ def final_weights(run_dir) -> list[torch.Tensor]:
     return list(torch.load(run_dir / "checkpoint.pth.tar", weights_only=True)["state_dict"].values())
 
 
-def test_resume_with_channels_last_toggled_ends_where_the_plain_resume_ends(data, tmp_path):
-    run_main(train_argv(data, tmp_path / "first", epochs=1, batch=8))
+def test_resume_with_channels_last_toggled_ends_where_the_plain_resume_ends(three_class_data, tmp_path):
+    run_main(train_argv(three_class_data, tmp_path / "first", epochs=1, batch=8))
     ends = {}
     for name, extra in (("plain", ()), ("toggled", ("--channels-last",))):
-        run_main(train_argv(data, tmp_path / name, "--resume", tmp_path / "first" / RUN / "checkpoint.pth.tar", *extra,
+        run_main(train_argv(three_class_data, tmp_path / name, "--resume", tmp_path / "first" / RUN / "checkpoint.pth.tar", *extra,
                             epochs=2, batch=8))
         ends[name] = final_weights(tmp_path / name / RUN)
     floats = [(a, b) for a, b in zip(ends["plain"], ends["toggled"]) if a.is_floating_point()]
@@ -103,10 +51,10 @@ def test_resume_with_channels_last_toggled_ends_where_the_plain_resume_ends(data
     assert difference < 1e-4, difference  # was 73% when the momentum kept the saved layout
 
 
-def test_a_run_saved_without_a_scaler_resumes_under_fp16(data, tmp_path):
-    run_main(train_argv(data, tmp_path, "--amp", "bf16", epochs=1))
+def test_a_run_saved_without_a_scaler_resumes_under_fp16(three_class_data, tmp_path):
+    run_main(train_argv(three_class_data, tmp_path, "--amp", "bf16", epochs=1))
     assert torch.load(tmp_path / RUN / "checkpoint.pth.tar", weights_only=True)["scaler"] == {}
-    run_main(train_argv(data, tmp_path, "--amp", "fp16", "--resume", "auto", epochs=2))
+    run_main(train_argv(three_class_data, tmp_path, "--amp", "fp16", "--resume", "auto", epochs=2))
     saved = torch.load(tmp_path / RUN / "checkpoint.pth.tar", weights_only=True)
     assert saved["epoch"] == 2 and "scale" in saved["scaler"]
 
@@ -114,15 +62,16 @@ def test_a_run_saved_without_a_scaler_resumes_under_fp16(data, tmp_path):
 def spawn_two_cpu_processes(argv):
     """``main_imagenet.spawn`` (the --gpu 0,1 path) with two CPU devices, in a subprocess; returns its result."""
     script = ("import sys, torch, main_imagenet; from training.config import parse_with_config; "
-              "args = parse_with_config(main_imagenet.get_args_parser(), sys.argv[1:]); args.dist_url = "
-              "f'tcp://127.0.0.1:{main_imagenet.distributed.free_port()}'; "
-              "main_imagenet.spawn([torch.device('cpu'), torch.device('cpu')], args)")
+              "args = parse_with_config(main_imagenet.get_args_parser(), sys.argv[1:]); "
+              "main_imagenet.spawn([torch.device('cpu'), torch.device('cpu')], args, "
+              "f'tcp://127.0.0.1:{main_imagenet.distributed.free_port()}')")
     return ("-c", script), list(map(str, argv))
 
 
-def test_an_error_in_another_process_is_printed_once(data, tmp_path):
+@pytest.mark.slow
+def test_an_error_in_another_process_is_printed_once(three_class_data, tmp_path):
     """A corrupt image in process 1's share of the validation set (every other image from the second on)."""
-    val_dir = data.parent / "corrupt_val"
+    val_dir = three_class_data.parent / "corrupt_val"
     if not val_dir.exists():
         make_dataset(str(val_dir), classes=3, train_per_class=4, val_per_class=4, size=40, seed=6)
     first_class = sorted(os.listdir(val_dir / "val"))[0]
@@ -135,23 +84,9 @@ def test_an_error_in_another_process_is_printed_once(data, tmp_path):
     assert "Traceback" not in err
 
 
-def test_repeated_sigterms_are_one_request_and_only_a_second_ctrl_c_escalates():
-    from training.signals import StopRequest
-
-    with StopRequest() as stop:
-        os.kill(os.getpid(), signal.SIGTERM)
-        os.kill(os.getpid(), signal.SIGTERM)  # handled one at a time: each kill waits for its handler
-        assert stop.signal_name == "SIGTERM"
-        with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGINT)
-    with StopRequest() as stop:
-        os.kill(os.getpid(), signal.SIGINT)
-        with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGINT)
-
-
-def test_two_sigterms_are_one_request_and_the_checkpoint_is_saved(data, tmp_path):
-    run = Training(train_argv(data, tmp_path, "-p", "1", epochs=2, batch=4))
+@pytest.mark.slow
+def test_two_sigterms_are_one_request_and_the_checkpoint_is_saved(three_class_data, tmp_path):
+    run = Training(train_argv(three_class_data, tmp_path, "-p", "1", epochs=2, batch=4))
     run.wait_for(r"Epoch: \[0\]\[ 3/12\]")
     run.process.send_signal(signal.SIGTERM)
     run.process.send_signal(signal.SIGTERM)
@@ -160,9 +95,10 @@ def test_two_sigterms_are_one_request_and_the_checkpoint_is_saved(data, tmp_path
     assert loadable(tmp_path / RUN / "checkpoint.pth.tar")["iteration"] >= 4
 
 
-def test_sigterm_to_the_process_group_of_a_spawned_job_saves(data, tmp_path):
+@pytest.mark.slow
+def test_sigterm_to_the_process_group_of_a_spawned_job_saves(three_class_data, tmp_path):
     """``kill -- -PGID`` (Slurm, systemd): every process gets the signal, and the parent passes its own on."""
-    launcher, argv = spawn_two_cpu_processes(train_argv(data, tmp_path, "-p", "1", epochs=2, batch=4))
+    launcher, argv = spawn_two_cpu_processes(train_argv(three_class_data, tmp_path, "-p", "1", epochs=2, batch=4))
     run = Training(argv, launcher=launcher)
     run.wait_for(r"Epoch: \[0\]\[ 3/12\]")
     os.killpg(run.process.pid, signal.SIGTERM)
@@ -171,15 +107,10 @@ def test_sigterm_to_the_process_group_of_a_spawned_job_saves(data, tmp_path):
     assert loadable(tmp_path / RUN / "checkpoint.pth.tar")["iteration"] >= 4
 
 
-def test_multiprocessing_distributed_means_every_gpu(monkeypatch, capsys, data, tmp_path):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
-    assert distributed.parse_gpus(None, every_gpu=True) == [torch.device("cuda", i) for i in range(4)]
-    assert distributed.parse_gpus("2,3", every_gpu=True) == [torch.device("cuda", 2), torch.device("cuda", 3)]
-    monkeypatch.undo()
+def test_multiprocessing_distributed_without_cuda_is_a_one_line_error(capsys, three_class_data, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("the one-line error is for machines without CUDA")
-    code = main_imagenet.cli(train_argv(data, tmp_path, "--multiprocessing-distributed"))
+    code = main_imagenet.cli(train_argv(three_class_data, tmp_path, "--multiprocessing-distributed"))
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err == ["error: --multiprocessing-distributed starts one process per GPU and this machine "
                                  "has no CUDA GPU; omit it to train on the CPU"]
@@ -203,11 +134,12 @@ sys.exit(main_imagenet.cli())
 """
 
 
-def test_a_nan_step_seen_by_every_process_counts_once(data, tmp_path):
+@pytest.mark.slow
+def test_a_nan_step_seen_by_every_process_counts_once(three_class_data, tmp_path):
     script = tmp_path / "nan_at_step_1.py"
     script.write_text(NAN_AT_STEP_1.format(root=ROOT))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
-               *map(str, train_argv(data, tmp_path, "--max-bad-steps", "1", epochs=1, batch=8))]
+               *map(str, train_argv(three_class_data, tmp_path, "--max-bad-steps", "1", epochs=1, batch=8))]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
@@ -221,29 +153,21 @@ def test_a_nan_step_seen_by_every_process_counts_once(data, tmp_path):
     (b"hello\n", "not a checkpoint: it is a text file (it starts with 'hello')"),
     (b"", "not a checkpoint: the file is empty"),
 ])
-def test_files_that_are_not_torch_files_are_named_for_what_they_are(data, tmp_path, capsys, content, expected):
+def test_files_that_are_not_torch_files_are_named_for_what_they_are(three_class_data, tmp_path, capsys, content, expected):
     path = tmp_path / "model_best.pth.tar"
     path.write_bytes(content)
-    code = main_imagenet.cli([str(data), "-e", "--resume", str(path), "--ckpt", str(tmp_path), *TINY])
+    code = main_imagenet.cli([str(three_class_data), "-e", "--resume", str(path), "--ckpt", str(tmp_path), *TINY])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and expected in err[0] and "run code" not in err[0], err
 
 
-def test_a_truncated_checkpoint_is_called_damaged(data, tmp_path, capsys):
+def test_a_truncated_checkpoint_is_called_damaged(three_class_data, tmp_path, capsys):
     path = tmp_path / "model_best.pth.tar"
     torch.save({"state_dict": networks.create_net("resnet18", num_classes=3).state_dict()}, path)
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    code = main_imagenet.cli([str(data), "-e", "--resume", str(path), "--ckpt", str(tmp_path), *TINY])
+    code = main_imagenet.cli([str(three_class_data), "-e", "--resume", str(path), "--ckpt", str(tmp_path), *TINY])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err == [f"error: {path}: not a checkpoint: truncated or damaged (the end of the zip archive "
                                  "is missing); download or copy it again"]
 
-
-def test_each_process_restores_its_own_rng_states():
-    from training.checkpoint import rng_of_process
-
-    checkpoint = {"rng": "rank 0", "rng_per_rank": ["rank 0", "rank 1"]}
-    assert [rng_of_process(checkpoint, rank, 2) for rank in (0, 1)] == ["rank 0", "rank 1"]
-    assert rng_of_process(checkpoint, 2, 4) == "rank 0"  # saved by another number of processes
-    assert rng_of_process({"rng": "rank 0"}, 1, 2) == "rank 0"  # written before per-process states
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import functools
 import hashlib
 import os
 import random
@@ -16,6 +15,7 @@ import torch.distributed as dist
 from torch import nn
 
 import networks
+from networks.identify import classifier_classes, identify_layouts, likely_cause  # noqa: F401 (scripts, until they use identify_network)
 
 from .errors import TrainingError, UserError, one_line
 
@@ -85,7 +85,8 @@ def save_checkpoint(saved: dict[str, Any], run_dir: str, best: bool = False) -> 
         except (OSError, RuntimeError) as error:  # torch's writer reports a full disk as a RuntimeError
             reason = error.strerror if isinstance(error, OSError) and error.strerror else one_line(error)
             free_mb = shutil.disk_usage(run_dir).free / 2 ** 20
-            raise TrainingError(f"cannot write {path}: {reason} ({free_mb:.0f} MB free there: disk full or read-only?); "
+            raise TrainingError(f"cannot write {path}: {reason} ({free_mb:.0f} MB free there: "
+                                f"disk full or read-only?); "
                                 f"the checkpoint that was there is unchanged; make room and continue with --resume "
                                 f"{run_dir}") from None
 
@@ -142,18 +143,18 @@ def manifest_entry(path: str) -> tuple[str, dict[str, str]] | None:
         folder = parent
 
 
-def verify_manifest(path: str) -> str | None:
-    """Check ``path`` against the sha256 a manifest lists for it; a mismatch is a ``UserError``. Returns the
-    manifest's path when a digest was checked."""
+def verify_manifest(path: str) -> dict[str, str]:
+    """The manifest row that lists ``path`` ({} if none does: see ``manifest_entry``), after checking the sha256
+    it gives, if any: a mismatch is a ``UserError``."""
     entry = manifest_entry(path)
-    if entry is None or not (entry[1].get("sha256") or "").strip():
-        return None
+    if entry is None:
+        return {}
     manifest, row = entry
-    expected, actual = row["sha256"].strip().lower(), sha256_of(path)
-    if actual != expected:
-        raise UserError(f"{path}: sha256 {actual} does not match {expected} listed in {manifest}; refusing it "
-                        "(a damaged or different file: download it again or correct the manifest)")
-    return manifest
+    expected = (row.get("sha256") or "").strip().lower()
+    if expected and sha256_of(path) != expected:
+        raise UserError(f"{path}: sha256 {sha256_of(path)} does not match {expected} listed in {manifest}; refusing "
+                        "it (a damaged or different file: download it again or correct the manifest)")
+    return {key: (value or "").strip() for key, value in row.items() if key}
 
 
 def read_checkpoint(path: str) -> Any:
@@ -215,27 +216,6 @@ def rng_of_process(checkpoint: Mapping[str, Any], rank: int, world_size: int) ->
     return per_process[rank] if per_process and len(per_process) == world_size else checkpoint["rng"]
 
 
-@functools.lru_cache(maxsize=None)
-def _layout(arch: str, attention_type: str) -> dict[str, tuple[int, ...]]:
-    with torch.device("meta"):
-        model = networks.create_net(arch, attention_type)
-    return {key: tuple(value.shape) for key, value in model.state_dict().items()}
-
-
-def identify_layouts(state_dict: Mapping[str, torch.Tensor]) -> list[tuple[str, str]]:
-    """The (arch, attention) pairs whose keys and shapes match ``state_dict`` (the class count aside)."""
-    found = {key: tuple(value.shape) for key, value in state_dict.items()}
-    matches = []
-    for arch in networks.ARCHS:
-        for attention in networks.ATTENTIONS:
-            layout = _layout(arch, attention)
-            if layout.keys() == found.keys() and all(
-                    layout[k][1:] == found[k][1:] if k.startswith(("fc.", "classifier.")) else layout[k] == found[k]
-                    for k in layout):
-                matches.append((arch, attention))
-    return matches
-
-
 def _short(keys: list[str], limit: int = 4) -> str:
     shown = ", ".join(keys[:limit])
     return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
@@ -261,25 +241,5 @@ def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], path:
     if reshaped:
         problems.append(f"shape mismatch (checkpoint vs model): {_short(reshaped, 2)}")
     raise UserError(f"{path} does not fit {arch} + {attention_type} with {num_classes} classes: "
-                    + "; ".join(problems) + f"; likely cause: {likely_cause(state_dict, arch, attention_type, num_classes)}")
-
-
-def classifier_classes(state_dict: Mapping[str, torch.Tensor]) -> int | None:
-    for key in ("fc.weight", "classifier.0.weight"):
-        if key in state_dict:
-            return int(state_dict[key].shape[0])
-    return None
-
-
-def likely_cause(state_dict: Mapping[str, torch.Tensor], arch: str, attention_type: str, num_classes: int) -> str:
-    matches = identify_layouts(state_dict)
-    if (arch, attention_type) in matches:
-        return (f"the checkpoint has {classifier_classes(state_dict)} classes but the data has {num_classes} "
-                "(evaluate on the dataset it was trained on)")
-    if matches:
-        found = " or ".join(f"-a {a} --attention_type {t}" for a, t in matches)
-        return f"the checkpoint is a different network: it fits {found}"
-    if any(k.startswith(("fc.", "classifier.")) for k in state_dict):
-        return ("the attention parameter (e.g. the SE/CBAM reduction ratio) differs from the checkpoint's, "
-                "or it comes from another code base")
-    return "the file is not a checkpoint of this code base's networks"
+                    + "; ".join(problems)
+                    + f"; likely cause: {likely_cause(state_dict, arch, attention_type, num_classes)}")

@@ -11,6 +11,19 @@ import torch
 
 from .distributed import all_reduce_sum
 
+# Output formats, defined once for their writers and their readers (scripts/plot_curves.py and
+# scripts/make_results_table.py).
+
+# metrics.jsonl key -> the TensorBoard scalar tag ``RunLog.epoch`` writes it under (step = epoch)
+TENSORBOARD_TAGS = {
+    "train_loss": "train/loss", "train_top1": "train/top1", "train_top5": "train/top5", "lr": "train/lr",
+    "images_per_s": "train/img_per_s", "val_loss": "val/loss", "val_top1": "val/top1", "val_top5": "val/top5",
+}
+
+# The keys of the evaluation JSON that ``main_imagenet.py -e`` writes (``report_evaluation``)
+EVAL_JSON_KEYS = ("arch", "attention_type", "attention_param", "checkpoint", "epoch", "top1", "top5", "loss",
+                  "n_images", "bad_images", "params_m", "gflops", "val_resize_size", "val_crop_size", "data")
+
 
 def correct_counts(output: torch.Tensor, target: torch.Tensor, topk: tuple[int, ...] = (1, 5)) -> list[torch.Tensor]:
     """Number of samples whose target is in the top-k predictions, for each k (capped at the class count)."""
@@ -36,15 +49,24 @@ class RunningSums:
     def state(self) -> list[float]:
         return [*self.sums.tolist(), self.count]
 
+    def packed(self) -> torch.Tensor:
+        """``[loss, top1, top5, count]`` as one float64 device tensor, to be summed over processes."""
+        return torch.cat([self.sums, self.sums.new_tensor([self.count])])
+
     def averages(self, reduce: bool = False) -> dict[str, float]:
         """``loss``, ``top1``, ``top5`` (percent) and ``count``; summed over processes if ``reduce``."""
-        sums = torch.cat([self.sums, self.sums.new_tensor([self.count])])
+        sums = self.packed()
         if reduce:
             all_reduce_sum(sums)
-        loss, top1, top5, count = sums.tolist()
-        denominator = max(count, 1.0)
-        return {"loss": loss / denominator, "top1": 100.0 * top1 / denominator,
-                "top5": 100.0 * top5 / denominator, "count": int(count)}
+        return averages_of(sums.tolist())
+
+
+def averages_of(packed: list[float]) -> dict[str, float]:
+    """``loss``, ``top1``, ``top5`` (percent) and ``count`` of ``RunningSums.packed()`` values."""
+    loss, top1, top5, count = packed
+    denominator = max(count, 1.0)
+    return {"loss": loss / denominator, "top1": 100.0 * top1 / denominator,
+            "top5": 100.0 * top5 / denominator, "count": int(count)}
 
 
 def progress_line(prefix: str, step: int, total: int, values: dict[str, float], extra: str = "") -> str:
@@ -59,7 +81,7 @@ class RunLog:
     """Rank 0's logs in the run folder; on other ranks every method does nothing."""
 
     def __init__(self, run_dir: str, enabled: bool, tensorboard: bool = True) -> None:
-        self.enabled = enabled
+        self.enabled, self.run_dir = enabled, run_dir
         self.log_path = os.path.join(run_dir, "log.txt")
         self.metrics_path = os.path.join(run_dir, "metrics.jsonl")
         self._tb = None
@@ -92,9 +114,7 @@ class RunLog:
             f.write(json.dumps(record) + "\n")
         if self._tb is not None:
             step = record["epoch"]
-            for tag, key in (("train/loss", "train_loss"), ("train/top1", "train_top1"), ("train/top5", "train_top5"),
-                             ("train/lr", "lr"), ("train/img_per_s", "images_per_s"), ("val/loss", "val_loss"),
-                             ("val/top1", "val_top1"), ("val/top5", "val_top5")):
+            for key, tag in TENSORBOARD_TAGS.items():
                 if record.get(key) is not None:
                     self._tb.add_scalar(tag, record[key], step)
             self._tb.flush()

@@ -34,6 +34,13 @@ class AttentionSpec:
     default_param: float | None = None
     param_doc: str = "takes no parameter"
 
+    def param_or_default(self, attention_param: float | None) -> float | None:
+        """The parameter a module is built with: ``attention_param``, else the default (None for attentions
+        that take none)."""
+        if self.param_name is None:
+            return None
+        return self.default_param if attention_param is None else attention_param
+
 
 ATTENTIONS: Registry[AttentionSpec] = Registry("attention type")
 ATTENTIONS.register("none", AttentionSpec(None, None))
@@ -55,7 +62,7 @@ def attention_factory(attention_type: str, attention_param: float | None = None)
             warnings.warn(f"attention type {attention_type!r} {spec.param_doc}; attention_param={attention_param} is ignored")
         kwargs = {}
     else:
-        kwargs = {spec.param_name: spec.default_param if attention_param is None else attention_param}
+        kwargs = {spec.param_name: spec.param_or_default(attention_param)}
     if spec.module is None:
         return None, None
 

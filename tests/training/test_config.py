@@ -10,10 +10,10 @@ import yaml
 
 import main_imagenet
 import networks
+from helpers import ROOT
 from training.config import parse_with_config, read_config, save_config
 from training.errors import UserError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAPER_ROWS = sorted(glob.glob(os.path.join(ROOT, "configs", "*_*.yaml")))
 
 
@@ -30,9 +30,9 @@ def test_one_recipe_per_paper_row():
 def test_recipe_loads_and_builds(path):
     args = parse_with_config(main_imagenet.get_args_parser(), ["DATA", "--config", path])
     main_imagenet.check_args(args)
-    main_imagenet.choose_network(args, None, None)
+    network = networks.identify_network(None, args.arch, args.attention_type, args.attention_param)
     with torch.device("meta"):
-        networks.create_net(args.arch, args.attention_type, args.attention_param, num_classes=1000)
+        network.create(num_classes=1000)
     if os.path.basename(path) == "quickstart.yaml":
         return
     mobilenet = args.arch == "mobilenet_v2"
@@ -40,7 +40,7 @@ def test_recipe_loads_and_builds(path):
         (150, 0.05, 4e-5, True) if mobilenet else (100, 0.1, 1e-4, False))
     assert (args.batch_size, args.momentum, args.train_crop_size, args.val_resize_size, args.val_crop_size) == \
         (256, 0.9, 224, 256, 224)
-    assert args.attention_param == {"simam": 0.1, "se": 16, "cbam": 16}.get(args.attention_type)
+    assert network.attention_param == {"simam": 0.1, "se": 16, "cbam": 16}.get(args.attention_type)
 
 
 @pytest.mark.parametrize("path", PAPER_ROWS, ids=lambda p: os.path.basename(p))
@@ -147,3 +147,10 @@ def test_fast_recipe_command_line_overrides_base():
     fast = os.path.join(ROOT, "configs", "fast", "resnet18_simam.yaml")
     args = parse_with_config(main_imagenet.get_args_parser(), ["DATA", "--config", fast, "--epochs", "2"])
     assert (args.epochs, args.arch, args.amp, args.compile) == (2, "resnet18", "auto", True)
+
+
+def test_command_line_overrides_the_config(tmp_path):
+    (tmp_path / "recipe.yaml").write_text("arch: mobilenet_v2\nlr: 0.05\nweight-decay: 4e-5\ncos_lr: true\nepochs: 150\n")
+    args = parse_with_config(main_imagenet.get_args_parser(), ["--config", str(tmp_path / "recipe.yaml"), "--epochs", "3"])
+    assert (args.arch, args.lr, args.weight_decay, args.cos_lr, args.epochs) == ("mobilenet_v2", 0.05, 4e-5, True, 3)
+    assert args.momentum == 0.9  # untouched defaults stay

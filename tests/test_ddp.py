@@ -9,9 +9,11 @@ import pytest
 import torch
 
 import main_imagenet
-from helpers import TINY, train_argv
+from helpers import TINY, spawn_on_two_cpus, train_argv
 from scripts.make_sample_data import make_dataset
 from training.config import parse_with_config
+
+pytestmark = pytest.mark.slow  # real processes, killed or distributed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -62,8 +64,7 @@ def test_spawn_one_process_per_device_evaluates_like_one(odd_data, tmp_path):
     args = parse_with_config(main_imagenet.get_args_parser(),
                              [str(odd_data), "-j", "0", "-e", "--resume", str(checkpoint), "--ckpt", str(tmp_path),
                               "--eval-json", str(tmp_path / "spawned.json"), *TINY])
-    args.dist_url = f"tcp://127.0.0.1:{main_imagenet.distributed.free_port()}"
-    main_imagenet.spawn([torch.device("cpu"), torch.device("cpu")], args)
+    spawn_on_two_cpus(args)
     spawned = json.loads((tmp_path / "spawned.json").read_text())
     single = single_process_eval(checkpoint, odd_data, tmp_path)
     assert spawned["n_images"] == 21 and (spawned["top1"], spawned["top5"]) == (single["top1"], single["top5"])
@@ -71,9 +72,8 @@ def test_spawn_one_process_per_device_evaluates_like_one(odd_data, tmp_path):
 
 def test_spawned_batch_that_does_not_split_is_a_one_line_error(odd_data, tmp_path, capfd):
     args = parse_with_config(main_imagenet.get_args_parser(), train_argv(odd_data, tmp_path, batch=15))
-    args.dist_url = f"tcp://127.0.0.1:{main_imagenet.distributed.free_port()}"
     with pytest.raises(SystemExit) as exit_info:
-        main_imagenet.spawn([torch.device("cpu"), torch.device("cpu")], args)
+        spawn_on_two_cpus(args)
     assert exit_info.value.code == 2
     err = capfd.readouterr().err
     assert "error: -b 15 does not split evenly over 2 processes" in err and "Traceback" not in err

@@ -167,10 +167,3 @@ def test_dummy_data_in_uint8():
     assert train.dtype == torch.float32
 
 
-def test_data_benchmark_reports_both_pipelines(tmp_path):
-    from scripts._data_benchmark import run_data_suite
-
-    result = run_data_suite(image_count=2, image_size=(64, 48), crop=32, resize=36, repeats=1, workdir=str(tmp_path))
-    for pipeline in presets.PIPELINES:
-        assert all(result["images_per_sec"][pipeline][split] > 0 for split in ("train", "eval", "decode"))
-    assert set(result["speedup"]) == {"train", "eval", "decode"} and result["settings"]["threads"] == 1

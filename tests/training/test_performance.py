@@ -1,0 +1,22 @@
+"""The fast path's pieces: precision choice and batches normalised on the device."""
+
+import torch
+
+from training.performance import amp_dtype_for, to_device
+from training.presets import IMAGENET_MEAN, IMAGENET_STD
+
+
+def test_uint8_batches_are_normalised_on_the_device_like_torchvision():
+    images = torch.randint(0, 256, (3, 3, 5, 7), dtype=torch.uint8)
+    moved, target = to_device(images, torch.tensor([1, 2, 3]), torch.device("cpu"), torch.channels_last)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    torch.testing.assert_close(moved, (images.float() / 255 - mean) / std, rtol=0, atol=1e-6)
+    assert moved.is_contiguous(memory_format=torch.channels_last) and target.tolist() == [1, 2, 3]
+
+
+def test_amp_choices_map_to_autocast_dtypes():
+    cpu = torch.device("cpu")
+    assert amp_dtype_for("off", cpu) is None and amp_dtype_for("fp16", cpu) is torch.float16
+    assert amp_dtype_for("bf16", cpu) is torch.bfloat16
+    assert amp_dtype_for("auto", cpu) in (None, torch.bfloat16)  # bf16 only where the CPU computes it natively

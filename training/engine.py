@@ -1,0 +1,168 @@
+"""The loops: one training step, one training epoch, one evaluation.
+
+They read a ``TrainState`` (what a checkpoint saves) and ``StepOptions`` (how steps run and report); nothing here
+knows the command line. Nothing is read back to the host inside a step: the processes synchronise once per print
+interval (``synchronize``).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from . import distributed
+from .data import skipped_images
+from .errors import TrainingError
+from .metrics import RunLog, RunningSums, averages_of, progress_line, show_progress
+from .optim import NonFiniteGuard, take_found_inf
+from .performance import to_device
+from .signals import StopRequest
+from .state import TrainState
+
+
+@dataclass(frozen=True)
+class StepOptions:
+    """How the steps of a run are computed and reported."""
+
+    ctx: distributed.Context
+    criterion: nn.Module = field(default_factory=nn.CrossEntropyLoss)
+    memory_format: torch.memory_format = torch.contiguous_format
+    amp_dtype: torch.dtype | None = None  # autocast dtype; None: fp32
+    print_freq: int = 10  # print, and synchronise the processes, every N iterations
+    log_freq: int = 500  # a line in log.txt every N iterations
+    max_bad_steps: int = 0  # steps per epoch with a NaN/inf loss before the run stops
+    progress: bool = True  # tqdm bars (rank 0, on a terminal)
+
+    @property
+    def device(self) -> torch.device:
+        return self.ctx.device
+
+
+def train_step(model: nn.Module, images: Tensor, target: Tensor, state: TrainState, options: StepOptions,
+               guard: NonFiniteGuard | None = None, step: int = 0) -> tuple[Tensor, Tensor]:
+    """One optimisation step of ``model`` (``state.model``, or its DDP / compiled wrapper) with ``state``'s
+    optimizer and gradient scaler; returns (output, loss) without reading anything back to the host. With a
+    ``guard``, a loss that is not finite is marked as step ``step``, and gradients that are not finite make no
+    update (see ``training.optim``)."""
+    with torch.autocast(images.device.type, dtype=options.amp_dtype, enabled=options.amp_dtype is not None):
+        output = model(images)
+        loss = options.criterion(output, target)
+    state.optimizer.zero_grad(set_to_none=True)
+    state.scaler.scale(loss).backward()
+    if guard is not None:
+        guard.mark(loss, step)
+        if not state.scaler.is_enabled():
+            guard.flag_nonfinite_gradients(model, state.optimizer)
+    state.scaler.step(state.optimizer)
+    state.scaler.update()
+    take_found_inf(state.optimizer)
+    return output, loss
+
+
+def train_one_epoch(model: nn.Module, loader, state: TrainState, options: StepOptions, log: RunLog,
+                    stop: StopRequest) -> dict[str, Any]:
+    """Train epoch ``state.epoch`` from iteration ``state.iteration``, advancing ``state.iteration``; returns the
+    epoch's figures, or ``stopped`` when a stop was requested (``state.sums`` then holds the running sums)."""
+    model.train()
+    epoch, start = state.epoch, state.iteration
+    loader.sampler.set_epoch(epoch, skip=start * loader.batch_size)
+    total = start + len(loader)
+    sums = RunningSums(options.device, state.sums if start else None)
+    lr = state.optimizer.param_groups[0]["lr"]
+    bar = tqdm(total=total, initial=start, desc=f"Epoch {epoch}", dynamic_ncols=True,
+               disable=not show_progress(options.ctx.is_main, not options.progress))
+    guard, bad_images, synced = NonFiniteGuard(options.device, total), 0, None
+    images_seen, started = 0, time.perf_counter()
+    for iteration, batch in enumerate(loader, start=start):
+        bad_images += report_skipped(skipped_images(batch), log)
+        images, target = to_device(batch[0], batch[1], options.device, options.memory_format)
+        step_lr = state.optimizer.param_groups[0]["lr"]
+        output, loss = train_step(model, images, target, state, options, guard, iteration)
+        state.scheduler.step()
+        state.iteration = iteration + 1
+        sums.update(torch.nan_to_num(loss.detach(), nan=0.0, posinf=0.0, neginf=0.0) * target.size(0), output, target)
+        images_seen += target.size(0)
+        bar.update(1)
+
+        at_print = iteration % options.print_freq == 0 or iteration == total - 1
+        if at_print:
+            synced = synchronize(sums, guard, iteration, stop.requested, bad_images, options.device)
+            check_nonfinite(synced["nonfinite_steps"], epoch, options.max_bad_steps, log.run_dir)
+        if at_print or iteration % options.log_freq == 0:
+            averages = synced["averages"] if at_print else sums.averages()
+            line = progress_line(f"Epoch: [{epoch}]", iteration, total, averages, f"Lr {step_lr:.4f}")
+            if at_print:
+                bar.set_postfix_str(line.split("\t", 1)[1].replace("\t", " "), refresh=False)
+                if bar.disable:
+                    log.print(line)
+            if iteration % options.log_freq == 0:
+                log.write(line)
+        # One process checks its own flag every step; several agree at print intervals (no per-step sync).
+        if stop.requested if not options.ctx.distributed else at_print and synced["stop"]:
+            bar.close()
+            state.sums = sums.state()
+            return {"stopped": True}
+    bar.close()
+    elapsed = time.perf_counter() - started
+    if synced is None:  # resumed after the epoch's last step
+        synced = synchronize(sums, guard, total - 1, False, bad_images, options.device)
+    stats = synced["averages"]  # the last iteration is a print interval
+    images_per_s = images_seen * options.ctx.world_size / elapsed if elapsed > 0 else 0.0
+    return {"stopped": False, "lr": lr, "loss": stats["loss"], "top1": stats["top1"], "top5": stats["top5"],
+            "time_s": elapsed, "images_per_s": images_per_s, "nonfinite_steps": synced["nonfinite_steps"],
+            "bad_images": synced["bad_images"]}
+
+
+def synchronize(sums: RunningSums, guard: NonFiniteGuard, step: int, stop_requested: bool, bad_images: int,
+                device: torch.device) -> dict[str, Any]:
+    """What the processes agree on at a print interval, in one collective and one host read: the running
+    averages over all processes, the epoch's non-finite steps so far (a step counts once however many processes
+    saw it), whether any process was asked to stop, and the images skipped so far."""
+    flags = sums.sums.new_tensor([float(stop_requested), float(bad_images)])
+    values = distributed.all_reduce_sum(torch.cat([sums.packed(), flags, guard.pending(step)])).tolist()
+    return {"averages": averages_of(values[:4]), "stop": values[4] > 0, "bad_images": int(values[5]),
+            "nonfinite_steps": guard.add_counted(step, values[6:])}
+
+
+def check_nonfinite(bad_steps: int, epoch: int, max_bad_steps: int, run_dir: str) -> None:
+    """More than ``max_bad_steps`` steps of this epoch with a NaN/inf loss stop the run before anything is saved."""
+    if bad_steps > max_bad_steps:
+        raise TrainingError(
+            f"the training loss was NaN/inf in {bad_steps} step(s) of epoch {epoch} (--max-bad-steps {max_bad_steps}); "
+            f"stopped without saving, so the checkpoints in {run_dir} are the last good ones. Lower --lr, "
+            "add --warmup-epochs or check the data; --max-bad-steps N skips up to N such steps per epoch")
+
+
+def report_skipped(messages: list[str], log: RunLog) -> int:
+    """Log the images ``--skip-bad-images`` passed over (every process warns on stderr); returns how many."""
+    for message in messages:
+        print(f"warning: skipped {message}", file=sys.stderr, flush=True)
+        log.write(f"skipped {message}")
+    return len(messages)
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, loader, options: StepOptions, log: RunLog) -> dict[str, float]:
+    """Loss and top-1/top-5 over the whole validation set; each process evaluates its own share of the
+    images and the sums are added, so every image counts exactly once whatever the number of processes."""
+    model.eval()
+    criterion = nn.CrossEntropyLoss(reduction="sum")
+    sums, bad_images = RunningSums(options.device), 0
+    for batch in tqdm(loader, desc="Val", dynamic_ncols=True, leave=False,
+                      disable=not show_progress(options.ctx.is_main, not options.progress)):
+        bad_images += report_skipped(skipped_images(batch), log)
+        if len(batch[1]) == 0:  # every image of the batch was unreadable
+            continue
+        images, target = to_device(batch[0], batch[1], options.device, options.memory_format)
+        with torch.autocast(options.device.type, dtype=options.amp_dtype, enabled=options.amp_dtype is not None):
+            output = model(images)
+        output = output.float()
+        sums.update(criterion(output, target), output, target)
+    packed = distributed.all_reduce_sum(torch.cat([sums.packed(), sums.sums.new_tensor([bad_images])])).tolist()
+    return {**averages_of(packed[:4]), "bad_images": int(packed[4])}

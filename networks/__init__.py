@@ -2,17 +2,32 @@
 
     >>> import networks
     >>> model = networks.create_net("resnet50", "simam", 0.1)
+    >>> backbone = networks.create_net("resnet50", "simam", 0.1, features_only=True)  # [C2, C3, C4, C5]
 """
 
 from .archs import ARCHS, ArchSpec, create_net
-from .attentions import (ATTENTIONS, SIMAM_IMPLEMENTATIONS, AttentionSpec, SimAM, create_attn, describe_attention,
-                         get_simam_implementation, set_simam_implementation, simam, simam_fused, simam_gate)
+from .attentions import (
+    ATTENTIONS,
+    SIMAM_IMPLEMENTATIONS,
+    AttentionSpec,
+    SimAM,
+    create_attn,
+    describe_attention,
+    get_simam_implementation,
+    set_simam_implementation,
+    simam,
+    simam_fused,
+    simam_gate,
+)
 from .complexity import Complexity, complexity, measure_complexity
+from .features import FeatureInfo, FeatureNet, backbone_state_dict, fpn_backbone, freeze_batchnorm, load_backbone
+from .identify import NetworkSpec, identify_layouts, identify_network
 from .weights import from_torchvision, load_checkpoint_file, read_state_dict, state_dict_of, strip_prefix
 
 __all__ = [
-    "ARCHS", "ATTENTIONS", "ArchSpec", "AttentionSpec", "Complexity", "SimAM", "complexity", "create_attn",
-    "create_net", "describe_attention", "from_torchvision", "get_simam_implementation", "load_checkpoint_file",
-    "measure_complexity", "read_state_dict", "set_simam_implementation", "SIMAM_IMPLEMENTATIONS", "simam",
-    "simam_fused", "simam_gate", "state_dict_of", "strip_prefix",
+    "ARCHS", "ATTENTIONS", "SIMAM_IMPLEMENTATIONS", "ArchSpec", "AttentionSpec", "backbone_state_dict", "complexity",
+    "Complexity", "create_attn", "create_net", "describe_attention", "FeatureInfo", "FeatureNet", "fpn_backbone",
+    "freeze_batchnorm", "from_torchvision", "get_simam_implementation", "identify_layouts", "identify_network",
+    "load_backbone", "load_checkpoint_file", "measure_complexity", "NetworkSpec", "read_state_dict",
+    "set_simam_implementation", "SimAM", "simam", "simam_fused", "simam_gate", "state_dict_of", "strip_prefix",
 ]

@@ -1,40 +1,59 @@
-"""The backbone registry and ``create_net``: the one place that lists which architectures exist."""
+"""The backbone registry and ``create_net``: the one place that lists which architectures exist (and where
+their feature levels and classifier are)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 from torch import nn
 
 from . import mobilenetv2, resnet
 from .attentions import attention_factory
+from .features import FeatureNet
 from .placement import attach_attention
 from .registry import Registry
+
+REDUCTIONS = (2, 4, 8, 16, 32)  # the stride of feature levels 0-4
 
 
 @dataclass(frozen=True)
 class ArchSpec:
-    """How to build one backbone (without attention) and initialise modules added to it."""
+    """How to build one backbone (without attention), initialise modules added to it, and take it apart."""
 
     build: Callable[..., nn.Module]  # build(num_classes=...) -> model
     init: Callable[[nn.Module], None]  # the backbone's init rule, applied to inserted attention modules
     torchvision_renames: tuple[tuple[str, str], ...] = ()  # key prefixes: torchvision's -> ours
+    feature_nodes: tuple[str, ...] = ()  # the modules whose outputs are feature levels 0-4 (strides REDUCTIONS)
+    feature_channels: tuple[int, ...] = ()  # their channel counts
+    classifier: str = "fc"  # the classifier's linear layer (keys <classifier>.weight/.bias; features_only drops it)
+    gradcam_layer: str = "layer4"  # the last convolutional stage, whose output Grad-CAM explains
+
+    @property
+    def feature_reductions(self) -> tuple[int, ...]:
+        return REDUCTIONS[:len(self.feature_nodes)]
+
+
+def _resnet(build: Callable[..., nn.Module], channels: tuple[int, ...]) -> ArchSpec:
+    return ArchSpec(build, resnet.init_like_resnet, feature_nodes=resnet.FEATURE_NODES, feature_channels=channels)
 
 
 ARCHS: Registry[ArchSpec] = Registry("arch")
-ARCHS.register("resnet18", ArchSpec(resnet.resnet18, resnet.init_like_resnet))
-ARCHS.register("resnet34", ArchSpec(resnet.resnet34, resnet.init_like_resnet))
-ARCHS.register("resnet50", ArchSpec(resnet.resnet50, resnet.init_like_resnet))
-ARCHS.register("resnet101", ArchSpec(resnet.resnet101, resnet.init_like_resnet))
-ARCHS.register("resnet152", ArchSpec(resnet.resnet152, resnet.init_like_resnet))
-ARCHS.register("resnext50_32x4d", ArchSpec(resnet.resnext50_32x4d, resnet.init_like_resnet))
+ARCHS.register("resnet18", _resnet(resnet.resnet18, resnet.BASIC_CHANNELS))
+ARCHS.register("resnet34", _resnet(resnet.resnet34, resnet.BASIC_CHANNELS))
+ARCHS.register("resnet50", _resnet(resnet.resnet50, resnet.BOTTLENECK_CHANNELS))
+ARCHS.register("resnet101", _resnet(resnet.resnet101, resnet.BOTTLENECK_CHANNELS))
+ARCHS.register("resnet152", _resnet(resnet.resnet152, resnet.BOTTLENECK_CHANNELS))
+ARCHS.register("resnext50_32x4d", _resnet(resnet.resnext50_32x4d, resnet.BOTTLENECK_CHANNELS))
 ARCHS.register("mobilenet_v2", ArchSpec(mobilenetv2.mobilenet_v2, mobilenetv2.init_like_mobilenet,
-                                        mobilenetv2.TORCHVISION_RENAMES))
+                                        mobilenetv2.TORCHVISION_RENAMES, feature_nodes=mobilenetv2.FEATURE_NODES,
+                                        feature_channels=mobilenetv2.FEATURE_CHANNELS, classifier="classifier.0",
+                                        gradcam_layer="features.18"))
 
 
 def create_net(arch: str, attention_type: str = "none", attention_param: float | None = None,
-               num_classes: int = 1000) -> nn.Module:
+               num_classes: int = 1000, features_only: bool = False,
+               out_indices: Sequence[int] = (1, 2, 3, 4)) -> nn.Module:
     """Build an ImageNet backbone with an attention module in every block, laid out as the release.
 
     Args:
@@ -44,6 +63,9 @@ def create_net(arch: str, attention_type: str = "none", attention_param: float |
             must be > 0), odd 1-D kernel size for eca (default: ECA's adaptive rule); srm and none take
             none (a value is ignored with a warning).
         num_classes: size of the classifier.
+        features_only: return a ``FeatureNet`` instead: the network without pooling and classifier, whose
+            forward returns the list of feature maps of ``out_indices``, described by its ``feature_info``.
+        out_indices: feature levels for ``features_only``, 0-4 = strides 2, 4, 8, 16, 32 (1-4: C2-C5).
 
     Raises:
         ValueError: unknown arch or attention (the message lists the valid choices), or a bad parameter.
@@ -56,4 +78,6 @@ def create_net(arch: str, attention_type: str = "none", attention_param: float |
     if make_attention is not None:
         for module in attach_attention(model, site, make_attention):
             spec.init(module)
+    if features_only:
+        return FeatureNet(model, spec, out_indices)
     return model

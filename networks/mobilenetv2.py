@@ -8,6 +8,11 @@ from torchvision.models import mobilenetv2 as tv_mobilenetv2
 # torchvision keeps Dropout at classifier.0, so its linear layer is classifier.1; ours is classifier.0.
 TORCHVISION_RENAMES = (("classifier.1.", "classifier.0."),)
 
+# Feature levels 0-4 (strides 2, 4, 8, 16, 32): the last block of each stride, the last one being the final
+# 1x1 conv to 1280 channels (as torchvision's detection backbones take it).
+FEATURE_NODES = ("features.1", "features.3", "features.6", "features.13", "features.18")
+FEATURE_CHANNELS = (16, 24, 32, 96, 1280)
+
 
 def init_like_mobilenet(module: nn.Module) -> None:
     """The MobileNetV2 init rule: Kaiming-normal fan-out convs, BN 1/0, linear N(0, 0.01), zero biases."""

@@ -12,6 +12,11 @@ resnet101 = tv_resnet.resnet101
 resnet152 = tv_resnet.resnet152
 resnext50_32x4d = tv_resnet.resnext50_32x4d
 
+# Feature levels 0-4 (strides 2, 4, 8, 16, 32): the stem's activation (before max-pooling), then C2-C5.
+FEATURE_NODES = ("relu", "layer1", "layer2", "layer3", "layer4")
+BASIC_CHANNELS = (64, 64, 128, 256, 512)  # ResNet-18/34
+BOTTLENECK_CHANNELS = (64, 256, 512, 1024, 2048)  # ResNet-50/101/152, ResNeXt
+
 
 def init_like_resnet(module: nn.Module) -> None:
     """The ResNet init rule (release and torchvision): Kaiming-normal fan-out convs, BN weight 1, bias 0."""

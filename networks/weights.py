@@ -87,7 +87,8 @@ def state_dict_of(checkpoint: object, path: str | os.PathLike = "checkpoint") ->
     """The model weights in a loaded checkpoint (release dict, ours, or a bare state dict), without ``module.``."""
     if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get("state_dict"), Mapping):
         checkpoint = checkpoint["state_dict"]
-    if not isinstance(checkpoint, Mapping) or not checkpoint or not all(torch.is_tensor(v) for v in checkpoint.values()):
+    if (not isinstance(checkpoint, Mapping) or not checkpoint
+            or not all(torch.is_tensor(v) for v in checkpoint.values())):
         raise ValueError(f"{path}: not a checkpoint (expected a state dict or a dict with 'state_dict')")
     return strip_prefix(checkpoint)
 

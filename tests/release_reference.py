@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 CHANNEL_ATTENTIONS = ("se", "cbam")
-MOBILENET_V2_SETTING = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+MOBILENET_V2_SETTING = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
+                        (6, 320, 1, 1)]
 
 
 def conv(sd: dict, key: str, x: Tensor, stride: int = 1) -> Tensor:

@@ -124,8 +124,8 @@ def test_checkpoint_of_another_attention(tiny_data, tmp_path, capsys):
 
 def test_checkpoint_of_another_arch(tiny_data, tmp_path, capsys):
     path = checkpoint_of("resnet34", "none", 3, tmp_path / "r34.pth.tar")
-    fails([tiny_data, "-j", "0", "-e", "--resume", path, "-a", "resnet18", "--attention_type", "none", "--ckpt", tmp_path,
-           *TINY], capsys, "unexpected keys: layer1.2.", "it fits -a resnet34 --attention_type none")
+    fails([tiny_data, "-j", "0", "-e", "--resume", path, "-a", "resnet18", "--attention_type", "none", "--ckpt",
+           tmp_path, *TINY], capsys, "unexpected keys: layer1.2.", "it fits -a resnet34 --attention_type none")
 
 
 def test_checkpoint_with_another_class_count(tiny_data, tmp_path, capsys):

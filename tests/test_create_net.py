@@ -45,7 +45,8 @@ def test_names_are_case_insensitive():
 @pytest.mark.parametrize("kwargs,pattern", [
     (dict(arch="resnet19"), "unknown arch 'resnet19'; valid choices: resnet18, resnet34, resnet50, resnet101, "
                             "resnet152, resnext50_32x4d, mobilenet_v2"),
-    (dict(arch="resnet18", attention_type="bam"), "unknown attention type 'bam'; valid choices: none, se, cbam, eca, srm, simam"),
+    (dict(arch="resnet18", attention_type="bam"), "unknown attention type 'bam'; valid choices: "
+                                                  "none, se, cbam, eca, srm, simam"),
     (dict(arch="resnet18", attention_type="simam", attention_param=0), "lambda must be > 0, got 0"),
     (dict(arch="resnet18", attention_type="simam", attention_param=-0.1), "lambda must be > 0"),
     (dict(arch="resnet18", attention_type="se", attention_param=0.5), "reduction ratio must be >= 1"),

@@ -34,7 +34,8 @@ def torchrun(*argv, nproc=2):
 
 def single_process_eval(checkpoint, data, tmp_path):
     args = parse_with_config(main_imagenet.get_args_parser(),
-                             [str(data), "-j", "0", "-e", "--resume", str(checkpoint), "--ckpt", str(tmp_path / "single"), *TINY])
+                             [str(data), "-j", "0", "-e", "--resume", str(checkpoint),
+                              "--ckpt", str(tmp_path / "single"), *TINY])
     return main_imagenet.main(args)
 
 

@@ -15,8 +15,8 @@ FAST_R18 = os.path.join(ROOT, "configs", "fast", "resnet18_simam.yaml")
 
 
 def test_fast_recipe_trains_and_its_checkpoint_evaluates_the_same_in_fp32(four_class_data, tmp_path, capsys):
-    argv = [str(four_class_data), "--config", FAST_R18, "--epochs", "3", "-b", "16", "-j", "2", "--seed", "0", "--lr", "0.05",
-            "--cos_lr", "--ckpt", str(tmp_path), *TINY]
+    argv = [str(four_class_data), "--config", FAST_R18, "--epochs", "3", "-b", "16", "-j", "2", "--seed", "0",
+            "--lr", "0.05", "--cos_lr", "--ckpt", str(tmp_path), *TINY]
     result = run_main(argv)
     out = capsys.readouterr().out
     expected_precision = "bfloat16" if amp_dtype_for("auto", torch.device("cpu")) else "fp32"
@@ -35,8 +35,8 @@ def test_uint8_pipeline_resumes_bitwise_with_persistent_workers(four_class_data,
     fast = ["--input-pipeline", "uint8", "--channels-last"]
     run_main(train_argv(four_class_data, tmp_path / "a", *fast, epochs=2, workers=2))
     run_main(train_argv(four_class_data, tmp_path / "b", *fast, epochs=1, workers=2))
-    run_main(train_argv(four_class_data, tmp_path / "b", *fast, "--resume", tmp_path / "b" / "imagenet-resnet18-simam-param0.1-seed0",
-                        epochs=2, workers=0))
+    run_main(train_argv(four_class_data, tmp_path / "b", *fast, "--resume",
+                        tmp_path / "b" / "imagenet-resnet18-simam-param0.1-seed0", epochs=2, workers=0))
     name = "imagenet-resnet18-simam-param0.1-seed0/checkpoint.pth.tar"
     same_training_state(torch.load(tmp_path / "a" / name, weights_only=True),
                         torch.load(tmp_path / "b" / name, weights_only=True))

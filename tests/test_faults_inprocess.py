@@ -49,7 +49,8 @@ def nan_loss_at(monkeypatch, steps: set[int]):
     monkeypatch.setattr(nn.CrossEntropyLoss, "forward", forward)
 
 
-def test_nan_loss_stops_without_touching_the_last_good_checkpoints(three_class_data, tmp_path, one_epoch, monkeypatch, capsys):
+def test_nan_loss_stops_without_touching_the_last_good_checkpoints(three_class_data, tmp_path, one_epoch, monkeypatch,
+                                                                   capsys):
     run_dir, before = one_epoch
     nan_loss_at(monkeypatch, {1})
     code = main_imagenet.cli(train_argv(three_class_data, tmp_path, "-p", "2", "--resume", "auto", epochs=2))
@@ -57,7 +58,8 @@ def test_nan_loss_stops_without_touching_the_last_good_checkpoints(three_class_d
     assert code == 1 and err[-1].startswith("error: the training loss was NaN/inf in 1 step(s) of epoch 1"), err
     assert {name: digest(run_dir / name) for name in (LATEST, BEST)} == before
     saved = torch.load(run_dir / LATEST, weights_only=True)
-    assert saved["epoch"] == 1 and all(torch.isfinite(v).all() for v in saved["state_dict"].values() if v.is_floating_point())
+    assert saved["epoch"] == 1 and all(torch.isfinite(v).all() for v in saved["state_dict"].values()
+                                       if v.is_floating_point())
 
 
 def test_tolerated_nan_steps_make_no_update_and_are_counted(three_class_data, tmp_path, monkeypatch):
@@ -70,9 +72,10 @@ def test_tolerated_nan_steps_make_no_update_and_are_counted(three_class_data, tm
     assert record["nonfinite_steps"] == 2 and result["val_top1"] >= 0
 
 
-@pytest.mark.parametrize("code,reason", [(errno.ENOSPC, "No space left on device"), (errno.EROFS, "Read-only file system")])
-def test_failing_save_is_reported_and_keeps_the_previous_checkpoint(three_class_data, tmp_path, one_epoch, monkeypatch, capsys,
-                                                                     code, reason):
+@pytest.mark.parametrize("code,reason", [(errno.ENOSPC, "No space left on device"),
+                                         (errno.EROFS, "Read-only file system")])
+def test_failing_save_is_reported_and_keeps_the_previous_checkpoint(three_class_data, tmp_path, one_epoch, monkeypatch,
+                                                                     capsys, code, reason):
     run_dir, before = one_epoch
 
     def no_room(obj, f, *args, **kwargs):
@@ -114,7 +117,8 @@ def test_unreadable_images_stop_the_run_naming_the_file(faulty_data, tmp_path, c
     os.remove(folder / ({"notes.JPEG", "unreadable.JPEG"} - {name}).pop())
     status = main_imagenet.cli(train_argv(faulty_data, tmp_path, epochs=1))
     err = capsys.readouterr().err.strip().splitlines()
-    assert status == 2 and len(err) == 1 and str(folder / name) in err[0] and err[0].startswith("error: cannot read image")
+    assert (status == 2 and len(err) == 1 and str(folder / name) in err[0]
+            and err[0].startswith("error: cannot read image"))
 
 
 def test_skip_bad_images_counts_and_names_them(faulty_data, tmp_path, capsys):
@@ -171,12 +175,14 @@ def test_evaluation_verifies_the_manifests_sha256(three_class_data, tmp_path, on
     checkpoint = folder / "r18" / "model.pth.tar"
     checkpoint.write_bytes((run_dir / BEST).read_bytes())
     manifest = folder / "manifest.csv"
-    argv = [str(three_class_data), "-e", "--resume", str(checkpoint), "-j", "0", "--ckpt", str(tmp_path / "eval"), *TINY]
+    argv = [str(three_class_data), "-e", "--resume", str(checkpoint), "-j", "0", "--ckpt", str(tmp_path / "eval"),
+            *TINY]
     manifest.write_text(f"file,arch,attention_type,attention_param,sha256\n# a comment\n"
                         f"r18/model.pth.tar,resnet18,simam,0.1,{sha256_of(str(checkpoint))}\n")
     assert main_imagenet.cli(argv) == 0
     assert f"=> {checkpoint}: sha256 matches the manifest" in capsys.readouterr().out
-    manifest.write_text(f"file,arch,attention_type,attention_param,sha256\nr18/model.pth.tar,resnet18,simam,0.1,{'0' * 64}\n")
+    manifest.write_text(f"file,arch,attention_type,attention_param,sha256\n"
+                        f"r18/model.pth.tar,resnet18,simam,0.1,{'0' * 64}\n")
     assert main_imagenet.cli(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "does not match" in err[0] and str(manifest) in err[0]

@@ -148,7 +148,8 @@ def test_resume_auto_skips_a_truncated_checkpoint(four_class_data, tmp_path):
     out = resume_to_the_end(four_class_data, tmp_path, epochs=3)
     assert f"=> skipping {latest}: " in out
     best_epoch = torch.load(run_dir / BEST, weights_only=True)["epoch"]
-    assert re.search(rf"=> resumed from {re.escape(str(run_dir))}/(checkpoint.prev|model_best).pth.tar at epoch [12]", out)
+    assert re.search(rf"=> resumed from {re.escape(str(run_dir))}/(checkpoint.prev|model_best).pth.tar "
+                     r"at epoch [12]", out)
     assert best_epoch >= 1
     for name in (LATEST, PREVIOUS, BEST):  # every candidate damaged: refused, nothing overwritten
         (run_dir / name).write_bytes(b"damaged")
@@ -199,7 +200,8 @@ def test_spawned_ddp_with_a_killed_process_ends_with_a_clear_error(four_class_da
     killed = time.monotonic()
     code, _, err = run.finish(timeout=120)
     assert code != 0 and time.monotonic() - killed < 90
-    assert re.search(r"error: process \d terminated with signal SIGKILL; the other processes were stopped", err), err[-2000:]
+    assert re.search(r"error: process \d terminated with signal SIGKILL; "
+                     r"the other processes were stopped", err), err[-2000:]
 
 
 def parent_of(pid: str) -> int:

@@ -67,10 +67,13 @@ def expected_mobilenet_layout(attention, reduction=16):
             key = f"{m[1]}2.{m[2]}"
         expected[key] = shape
     if attention in ("se", "cbam"):
-        for block in sorted({int(m[1]) for k in plain if (m := re.fullmatch(r"features\.(\d+)\.conv\.\d+\.weight", k))}):
-            last = max(int(m[1]) for k in plain if (m := re.fullmatch(rf"features\.{block}\.conv\.(\d+)\.weight", k)))
+        for block in sorted({int(m[1]) for k in plain
+                             if (m := re.fullmatch(r"features\.(\d+)\.conv\.\d+\.weight", k))}):
+            last = max(int(m[1]) for k in plain
+                       if (m := re.fullmatch(rf"features\.{block}\.conv\.(\d+)\.weight", k)))
             channels = plain[f"features.{block}.conv.{last}.weight"][0]
-            expected.update(channel_attention_keys(f"features.{block}.conv.{last + 1}.", channels, attention, reduction))
+            expected.update(channel_attention_keys(f"features.{block}.conv.{last + 1}.", channels, attention,
+                                                   reduction))
     return expected
 
 

@@ -13,7 +13,6 @@ import torch
 import main_imagenet
 import networks
 from helpers import TINY
-from scripts.make_sample_data import make_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCHERS = {
@@ -60,7 +59,8 @@ def test_paper_commands_are_verbatim():
 
 def test_dist_train_passes_the_node_layout():
     done = bash("scripts/dist_train.sh", "DATA", env={"DRY_RUN": "1", "NNODES": "4", "NODE_RANK": "2",
-                                                     "NPROC_PER_NODE": "8", "MASTER_ADDR": "node0", "MASTER_PORT": "1234"})
+                                                     "NPROC_PER_NODE": "8", "MASTER_ADDR": "node0",
+                                                     "MASTER_PORT": "1234"})
     words = shlex.split(done.stdout)
     for flag, value in (("--nnodes", "4"), ("--node_rank", "2"), ("--nproc_per_node", "8"),
                         ("--master_addr", "node0"), ("--master_port", "1234")):
@@ -75,15 +75,9 @@ def test_slurm_job_resumes_automatically():
     assert "#SBATCH --requeue" in text and "scontrol requeue" in text and "kill -TERM" in text
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    make_dataset(str(root), classes=3, train_per_class=4, val_per_class=3, size=32)
-    return root
-
-
-def test_resume_auto_starts_then_continues(data, tmp_path):
-    argv = [str(data), "-a", "resnet18", "--attention_type", "simam", "-b", "6", "-j", "0", "--seed", "0",
+@pytest.mark.slow
+def test_resume_auto_starts_then_continues(tiny_data, tmp_path):
+    argv = [str(tiny_data), "-a", "resnet18", "--attention_type", "simam", "-b", "6", "-j", "0", "--seed", "0",
             "--ckpt", str(tmp_path), "--resume", "auto", *TINY]
     first = main_imagenet.main(main_imagenet.get_args_parser().parse_args([*argv, "--epochs", "1"]))
     second = main_imagenet.main(main_imagenet.get_args_parser().parse_args([*argv, "--epochs", "2"]))
@@ -92,7 +86,8 @@ def test_resume_auto_starts_then_continues(data, tmp_path):
     assert "=> resumed from" in log and log.count("----------- Acc@1") == 2
 
 
-def test_eval_checkpoints_evaluates_every_file_and_checks_sha256(data, tmp_path):
+@pytest.mark.slow
+def test_eval_checkpoints_evaluates_every_file_and_checks_sha256(tiny_data, tmp_path):
     folder = tmp_path / "checkpoints"
     simam = networks.create_net("resnet18", "simam", num_classes=3)
     official = folder / "imagenet-resnet18-simam-param0.1" / "model_best_in_100_epochs.pth.tar"
@@ -106,13 +101,15 @@ def test_eval_checkpoints_evaluates_every_file_and_checks_sha256(data, tmp_path)
                                          f"se34.pth,resnet34,se,8,{digest}\n"
                                          f"tampered.pth,resnet18,none,,{'0' * 64}\n")
     out = tmp_path / "evals"
-    done = bash("scripts/eval_checkpoints.sh", data, folder, "-j", "0", *TINY, env={"OUT": str(out)})
+    done = bash("scripts/eval_checkpoints.sh", tiny_data, folder, "-j", "0", *TINY, env={"OUT": str(out)})
     assert done.returncode == 1  # one file failed its check
     assert "tampered.pth: sha256" in done.stderr and "does not match" in done.stderr
     assert "evaluated 2 of 3" in done.stderr
     results = {p.name: json.loads(p.read_text()) for p in out.glob("*.json")}
     assert set(results) == {"imagenet-resnet18-simam-param0.1__model_best_in_100_epochs.json", "se34.json"}
     official_result = results["imagenet-resnet18-simam-param0.1__model_best_in_100_epochs.json"]
-    assert (official_result["arch"], official_result["attention_type"], official_result["n_images"]) == ("resnet18", "simam", 9)
-    assert (results["se34.json"]["arch"], results["se34.json"]["attention_type"], results["se34.json"]["attention_param"]) == \
+    assert (official_result["arch"], official_result["attention_type"], official_result["n_images"]) == \
+        ("resnet18", "simam", 9)
+    assert (results["se34.json"]["arch"], results["se34.json"]["attention_type"],
+            results["se34.json"]["attention_param"]) == \
         ("resnet34", "se", 8.0)

@@ -74,8 +74,8 @@ def test_saved_config_reproduces_the_run_options(trained, four_class_data):
 
 def test_evaluate_best_checkpoint_matches_direct_evaluation(trained, four_class_data, tmp_path):
     result, run_dir = trained
-    best = run_main([str(four_class_data), "-j", "0", "-e", "--resume", str(run_dir / "model_best.pth.tar"), "--ckpt", str(tmp_path),
-                     "--eval-json", str(tmp_path / "eval.json"), *TINY])
+    best = run_main([str(four_class_data), "-j", "0", "-e", "--resume", str(run_dir / "model_best.pth.tar"),
+                     "--ckpt", str(tmp_path), "--eval-json", str(tmp_path / "eval.json"), *TINY])
     # -a and --attention_type were not given: taken from the checkpoint
     assert (best["arch"], best["attention_type"], best["attention_param"]) == ("resnet18", "simam", 0.1)
     model = networks.create_net("resnet18", "simam", 0.1, num_classes=4)
@@ -111,17 +111,20 @@ def test_official_format_checkpoint_evaluates_like_its_weights(trained, four_cla
     out = capsys.readouterr().out
     top1, top5, _ = direct_accuracy(model, four_class_data / "val")
     assert f"----------- Acc@1 {top1:.3f} Acc@5 {top5:.3f} -----------" in out
-    written = json.loads((tmp_path / "imagenet-resnet18-simam-param0.1" / "eval_model_best_in_100_epochs.json").read_text())
+    written = json.loads((tmp_path / "imagenet-resnet18-simam-param0.1"
+                          / "eval_model_best_in_100_epochs.json").read_text())
     assert written["epoch"] == 100 and written["top1"] == pytest.approx(top1)
 
 
 def test_bare_state_dict_and_save_weights(trained, four_class_data, tmp_path):
     exported = tmp_path / "weights.pth"
-    run_main(train_argv(four_class_data, tmp_path, "--resume", str(trained[1] / "model_best.pth.tar"), "--save_weights", exported))
+    run_main(train_argv(four_class_data, tmp_path, "--resume", str(trained[1] / "model_best.pth.tar"),
+                        "--save_weights", exported))
     saved = torch.load(exported, weights_only=True)
     assert set(saved) == {"state_dict"} and not any(k.startswith("module.") for k in saved["state_dict"])
     torch.save(saved["state_dict"], tmp_path / "bare.pth")
-    result = run_main([str(four_class_data), "-j", "0", "-e", "--resume", str(tmp_path / "bare.pth"), "--ckpt", str(tmp_path), *TINY])
+    result = run_main([str(four_class_data), "-j", "0", "-e", "--resume", str(tmp_path / "bare.pth"),
+                       "--ckpt", str(tmp_path), *TINY])
     assert result["attention_type"] == "simam"
     model = networks.create_net("resnet18", "simam", num_classes=4)
     model.load_state_dict(saved["state_dict"])
@@ -140,8 +143,8 @@ def test_resume_after_an_epoch_is_bitwise_exact(four_class_data, tmp_path):
     straight = run_main(train_argv(four_class_data, tmp_path / "a", epochs=2))
     run_main(train_argv(four_class_data, tmp_path / "b", epochs=1))
     # resumed with more data-loading workers: augmentation is seeded per sample, so this changes nothing
-    resumed = run_main(train_argv(four_class_data, tmp_path / "b", "--resume", tmp_path / "b" / "imagenet-resnet18-simam-param0.1-seed0",
-                                  epochs=2, workers=2))
+    resumed = run_main(train_argv(four_class_data, tmp_path / "b", "--resume",
+                                  tmp_path / "b" / "imagenet-resnet18-simam-param0.1-seed0", epochs=2, workers=2))
     name = "imagenet-resnet18-simam-param0.1-seed0/checkpoint.pth.tar"
     a = torch.load(tmp_path / "a" / name, weights_only=True)
     b = torch.load(tmp_path / "b" / name, weights_only=True)
@@ -170,8 +173,8 @@ def test_sigterm_mid_epoch_saves_and_resumes_exactly(four_class_data, tmp_path):
     run_main(train_argv(four_class_data, tmp_path / "stopped", "--resume", run_dir / "checkpoint.pth.tar", epochs=2))
     run_main(train_argv(four_class_data, tmp_path / "straight", epochs=2))
     same_training_state(torch.load(run_dir / "checkpoint.pth.tar", weights_only=True),
-                        torch.load(tmp_path / "straight" / "imagenet-resnet18-simam-param0.1-seed0" / "checkpoint.pth.tar",
-                                   weights_only=True))
+                        torch.load(tmp_path / "straight" / "imagenet-resnet18-simam-param0.1-seed0"
+                                   / "checkpoint.pth.tar", weights_only=True))
 
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
@@ -197,5 +200,6 @@ def test_release_flags_keep_their_names_and_meanings():
         (2, 1, "tcp://h:1", "nccl", "out/", 3)
     assert args.cos_lr and args.multiprocessing_distributed and args.evaluate and args.resume == "x.pth"
     defaults = main_imagenet.get_args_parser().parse_args(["DATA"])
-    assert (defaults.epochs, defaults.batch_size, defaults.lr, defaults.weight_decay, defaults.workers) == (90, 256, 0.1, 1e-4, 4)
+    assert (defaults.epochs, defaults.batch_size, defaults.lr, defaults.weight_decay, defaults.workers) == \
+        (90, 256, 0.1, 1e-4, 4)
     assert defaults.attention_param is None  # the module's default (0.1 for SimAM), not the release's 4

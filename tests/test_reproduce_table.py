@@ -15,6 +15,8 @@ from helpers import TINY, train_argv
 from scripts import make_results_table, plot_curves
 from scripts.make_sample_data import make_dataset
 
+pytestmark = pytest.mark.slow  # trains two runs, then evaluates them with the shell launcher
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -36,8 +38,8 @@ def runs(tmp_path_factory):
 
 def test_table_carries_the_evaluated_accuracy(runs):
     tmp, _ = runs
-    done = subprocess.run(["bash", "scripts/eval_checkpoints.sh", str(tmp / "data"), str(tmp / "checkpoints"), "-j", "0",
-                           *TINY], cwd=ROOT, capture_output=True, text=True, timeout=600,
+    done = subprocess.run(["bash", "scripts/eval_checkpoints.sh", str(tmp / "data"), str(tmp / "checkpoints"),
+                           "-j", "0", *TINY], cwd=ROOT, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "OUT": str(tmp / "evals")})
     assert done.returncode == 0, done.stderr[-2000:]
     evaluations = {json.loads(p.read_text())["attention_type"]: json.loads(p.read_text())

@@ -12,7 +12,6 @@ import torch
 import main_imagenet
 import networks
 from scripts import make_results_table as table
-from scripts.make_sample_data import make_dataset
 from training.metrics import EVAL_JSON_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,11 +37,10 @@ def read_csv(path):
 
 
 @pytest.fixture(scope="module")
-def evaluation(tmp_path_factory):
+def evaluation(tiny_data, tmp_path_factory):
     """A real `main_imagenet.py -e` run of a SimAM-ResNet-18 checkpoint on 3-class generated data."""
     tmp = tmp_path_factory.mktemp("eval")
-    root = tmp / "data"
-    make_dataset(str(root), classes=3, train_per_class=4, val_per_class=3, size=32)
+    root = tiny_data
     path = tmp / "ckpt.pth.tar"
     torch.manual_seed(0)
     torch.save({"state_dict": networks.create_net("resnet18", "simam", num_classes=3).state_dict(), "epoch": 1,
@@ -170,6 +168,7 @@ def test_bad_input_is_one_line(evaluation, tmp_path, capsys):
     assert not (tmp_path / "t.md").exists()
 
 
+@pytest.mark.slow
 def test_command_line_bad_input_has_no_traceback(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_results_table.py"), str(tmp_path / "nope"),
                            "-o", str(tmp_path / "t.md")], capture_output=True, text=True, cwd=ROOT, timeout=120)

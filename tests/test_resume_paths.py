@@ -43,11 +43,12 @@ def test_resume_with_channels_last_toggled_ends_where_the_plain_resume_ends(thre
     run_main(train_argv(three_class_data, tmp_path / "first", epochs=1, batch=8))
     ends = {}
     for name, extra in (("plain", ()), ("toggled", ("--channels-last",))):
-        run_main(train_argv(three_class_data, tmp_path / name, "--resume", tmp_path / "first" / RUN / "checkpoint.pth.tar", *extra,
-                            epochs=2, batch=8))
+        run_main(train_argv(three_class_data, tmp_path / name, "--resume",
+                            tmp_path / "first" / RUN / "checkpoint.pth.tar", *extra, epochs=2, batch=8))
         ends[name] = final_weights(tmp_path / name / RUN)
     floats = [(a, b) for a, b in zip(ends["plain"], ends["toggled"]) if a.is_floating_point()]
-    difference = torch.cat([(a - b).flatten() for a, b in floats]).norm() / torch.cat([a.flatten() for a, _ in floats]).norm()
+    difference = (torch.cat([(a - b).flatten() for a, b in floats]).norm()
+                  / torch.cat([a.flatten() for a, _ in floats]).norm())
     assert difference < 1e-4, difference  # was 73% when the momentum kept the saved layout
 
 
@@ -153,7 +154,8 @@ def test_a_nan_step_seen_by_every_process_counts_once(three_class_data, tmp_path
     (b"hello\n", "not a checkpoint: it is a text file (it starts with 'hello')"),
     (b"", "not a checkpoint: the file is empty"),
 ])
-def test_files_that_are_not_torch_files_are_named_for_what_they_are(three_class_data, tmp_path, capsys, content, expected):
+def test_files_that_are_not_torch_files_are_named_for_what_they_are(three_class_data, tmp_path, capsys, content,
+                                                                    expected):
     path = tmp_path / "model_best.pth.tar"
     path.write_bytes(content)
     code = main_imagenet.cli([str(three_class_data), "-e", "--resume", str(path), "--ckpt", str(tmp_path), *TINY])

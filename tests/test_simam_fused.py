@@ -132,7 +132,8 @@ def test_implementation_choice():
         simam_fused(torch.randn(1, 1, 2, 2), 0.1, "triton")
 
 
-@pytest.mark.skipif(not fused_module.compiled_available(torch.device("cpu")), reason="torch.compile needs a C++ compiler")
+@pytest.mark.skipif(not fused_module.compiled_available(torch.device("cpu")),
+                    reason="torch.compile needs a C++ compiler")
 def test_whole_model_compiled_matches_the_formula(monkeypatch):
     """torch.compile of a network with SimAM: same outputs and gradients as the formula in eager mode."""
     def build():

@@ -15,7 +15,7 @@ import torch.distributed as dist
 from torch import nn
 
 import networks
-from networks.identify import classifier_classes, identify_layouts, likely_cause  # noqa: F401 (scripts, until they use identify_network)
+from networks.identify import likely_cause
 
 from .errors import TrainingError, UserError, one_line
 

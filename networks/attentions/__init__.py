@@ -46,12 +46,14 @@ ATTENTIONS: Registry[AttentionSpec] = Registry("attention type")
 ATTENTIONS.register("none", AttentionSpec(None, None))
 ATTENTIONS.register("se", AttentionSpec(SEModule, AFTER_BRANCH_BN, "reduction", 16, "reduction ratio r (>= 1)"))
 ATTENTIONS.register("cbam", AttentionSpec(CBAM, AFTER_BRANCH_BN, "reduction", 16, "reduction ratio r (>= 1)"))
-ATTENTIONS.register("eca", AttentionSpec(ECAModule, AFTER_BRANCH_BN, "kernel_size", None, "odd kernel size k (default: adaptive)"))
+ATTENTIONS.register("eca", AttentionSpec(ECAModule, AFTER_BRANCH_BN, "kernel_size", None,
+                                         "odd kernel size k (default: adaptive)"))
 ATTENTIONS.register("srm", AttentionSpec(SRMModule, AFTER_BRANCH_BN))
 ATTENTIONS.register("simam", AttentionSpec(SimAM, AFTER_3X3_CONV, "e_lambda", 0.1, "lambda (> 0)"))
 
 
-def attention_factory(attention_type: str, attention_param: float | None = None) -> tuple[str | None, Callable[[int], nn.Module] | None]:
+def attention_factory(attention_type: str, attention_param: float | None = None
+                      ) -> tuple[str | None, Callable[[int], nn.Module] | None]:
     """Resolve a name and parameter to ``(site, make(channels) -> module)``; ``(None, None)`` for 'none'.
 
     Parameter values are checked by the module constructors (ValueError naming the valid range).
@@ -59,7 +61,8 @@ def attention_factory(attention_type: str, attention_param: float | None = None)
     spec = ATTENTIONS.get(attention_type)
     if spec.param_name is None:
         if attention_param is not None:
-            warnings.warn(f"attention type {attention_type!r} {spec.param_doc}; attention_param={attention_param} is ignored")
+            warnings.warn(f"attention type {attention_type!r} {spec.param_doc}; "
+                          f"attention_param={attention_param} is ignored")
         kwargs = {}
     else:
         kwargs = {spec.param_name: spec.param_or_default(attention_param)}
@@ -87,5 +90,6 @@ def create_attn(attention_type: str, channels: int, attention_param: float | Non
 
 
 __all__ = ["ATTENTIONS", "AttentionSpec", "CBAM", "ECAModule", "SEModule", "SRMModule", "SimAM",
-           "SIMAM_IMPLEMENTATIONS", "attention_factory", "create_attn", "describe_attention", "get_simam_implementation",
+           "SIMAM_IMPLEMENTATIONS", "attention_factory", "create_attn", "describe_attention",
+           "get_simam_implementation",
            "set_simam_implementation", "simam", "simam_fused", "simam_gate"]

@@ -7,6 +7,10 @@ from torch import Tensor, nn
 
 from .simam_kernels import simam_fused
 
+# FX symbolic tracing (torchvision's create_feature_extractor, detection backbones) records the fused function
+# as one leaf call instead of tracing into its shape checks and implementation choice.
+torch.fx.wrap("simam_fused")
+
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
@@ -47,9 +51,7 @@ class SimAM(nn.Module):
         self.e_lambda = e_lambda
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() != 4:
-            raise ValueError(f"SimAM expects an (N, C, H, W) tensor, got shape {tuple(x.shape)}")
-        return simam_fused(x, self.e_lambda)
+        return simam_fused(x, self.e_lambda)  # checks that x is (N, C, H, W)
 
     def __repr__(self) -> str:
         return f"SimAM(lambda={self.e_lambda:g})"

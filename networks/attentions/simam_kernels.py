@@ -90,16 +90,30 @@ def _compiled(function):
     return torch.compile(function, dynamic=True)
 
 
-def compiled_available(device: torch.device) -> bool:
-    """Whether torch.compile can generate SimAM's kernels on ``device`` (Triton on CUDA, a C++ compiler on CPU)."""
-    if device.type in _compile_failed:
-        return False
-    if device.type == "cuda":
+@lru_cache(maxsize=None)
+def _compiler_found(device_type: str) -> bool:
+    # Looked up once per process: this is asked on every SimAM forward and backward.
+    if device_type == "cuda":
         from torch.utils._triton import has_triton
         return has_triton()
-    if device.type == "cpu":
+    if device_type == "cpu":
         return any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "c++", "clang++"))
     return False
+
+
+def compiled_available(device: torch.device) -> bool:
+    """Whether torch.compile can generate SimAM's kernels on ``device`` (Triton on CUDA, a C++ compiler on CPU)."""
+    return device.type not in _compile_failed and _compiler_found(device.type)
+
+
+_is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)  # (torch >= 2.5)
+
+
+def exporting() -> bool:
+    """Whether the call is being recorded for a deployment format (torch.export and the ONNX exporter built
+    on it, ONNX's TorchScript exporter, ``torch.jit.trace``): SimAM is then written as the paper's formula in
+    plain operators, not as the custom autograd function."""
+    return _is_exporting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
 def _math(function, x: Tensor, implementation: str):
@@ -143,9 +157,12 @@ class _SimAMFunction(torch.autograd.Function):
 
 def simam_fused(x: Tensor, e_lambda: float = 0.1, implementation: str | None = None) -> Tensor:
     """SimAM with the memory-efficient custom backward (``implementation``: 'auto', 'compiled' or 'eager';
-    None uses the global choice). Same values as ``simam``; fp16/bf16 inputs use fp32 statistics."""
+    None uses the global choice). Same values as ``simam``; fp16/bf16 inputs use fp32 statistics. While a model
+    is exported or traced (``exporting()``) it is the paper's formula in plain operators."""
+    if x.dim() != 4:
+        raise ValueError(f"SimAM expects an (N, C, H, W) tensor, got shape {tuple(x.shape)}")
     implementation = implementation or _implementation
-    if implementation == "reference":
+    if implementation == "reference" or exporting():
         from .simam import simam
         return simam(x, e_lambda)
     if implementation not in IMPLEMENTATIONS:

@@ -150,7 +150,9 @@ def test_fast_recipe_command_line_overrides_base():
 
 
 def test_command_line_overrides_the_config(tmp_path):
-    (tmp_path / "recipe.yaml").write_text("arch: mobilenet_v2\nlr: 0.05\nweight-decay: 4e-5\ncos_lr: true\nepochs: 150\n")
-    args = parse_with_config(main_imagenet.get_args_parser(), ["--config", str(tmp_path / "recipe.yaml"), "--epochs", "3"])
+    (tmp_path / "recipe.yaml").write_text("arch: mobilenet_v2\nlr: 0.05\nweight-decay: 4e-5\ncos_lr: true\n"
+                                          "epochs: 150\n")
+    args = parse_with_config(main_imagenet.get_args_parser(),
+                             ["--config", str(tmp_path / "recipe.yaml"), "--epochs", "3"])
     assert (args.arch, args.lr, args.weight_decay, args.cos_lr, args.epochs) == ("mobilenet_v2", 0.05, 4e-5, True, 3)
     assert args.momentum == 0.9  # untouched defaults stay

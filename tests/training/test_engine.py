@@ -49,7 +49,8 @@ def test_training_steps_do_not_synchronise_the_gpu():
     amp = amp_dtype_for("auto", device)
     state = state_for(model, amp_dtype=amp)
     options = StepOptions(Context(device), memory_format=torch.channels_last, amp_dtype=amp)
-    batch = (torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8).pin_memory(), torch.randint(0, 4, (8,)).pin_memory())
+    batch = (torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8).pin_memory(),
+             torch.randint(0, 4, (8,)).pin_memory())
     train_step(model, *to_device(*batch, device, torch.channels_last), state, options)
     torch.cuda.set_sync_debug_mode("error")
     try:

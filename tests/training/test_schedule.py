@@ -19,7 +19,8 @@ def release_cosine_lrs(base_lr, epochs):
 
 
 def lrs_per_iteration(epochs, iters, **options):
-    args = main_imagenet.get_args_parser().parse_args(["--epochs", str(epochs), "--lr", "0.05", *options.get("flags", [])])
+    args = main_imagenet.get_args_parser().parse_args(["--epochs", str(epochs), "--lr", "0.05",
+                                                       *options.get("flags", [])])
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], args.lr)
     scheduler = schedule.build_scheduler(optimizer, args, iters)
     lrs = []

@@ -50,7 +50,7 @@ from training.checkpoint import (
 from training.config import parse_with_config, recipe_of, save_config
 from training.data import Data, build_data
 from training.engine import StepOptions, evaluate, train_one_epoch
-from training.errors import TrainingError, UserError, one_line
+from training.errors import TrainingError, UserError, exit_status, one_line
 from training.metrics import RunLog
 from training.optim import build_optimizer
 from training.performance import AMP_CHOICES, INPUT_PIPELINES, amp_dtype_for
@@ -529,19 +529,7 @@ def final_line(metrics: dict[str, float]) -> str:
 
 def cli(argv: list[str] | None = None) -> int:
     """Command-line entry: bad input is one line on stderr and exit status 2, never a traceback."""
-    try:
-        args = parse_with_config(get_args_parser(), argv)
-        main(args)
-    except UserError as error:
-        print(f"error: {one_line(error)}", file=sys.stderr)
-        return 2
-    except TrainingError as error:
-        print(f"error: {one_line(error)}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    return 0
+    return exit_status(lambda: main(parse_with_config(get_args_parser(), argv)))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,8 @@ from torchvision.models.detection import FasterRCNN, RetinaNet  # noqa: E402
 from torchvision.models.detection.anchor_utils import AnchorGenerator  # noqa: E402
 
 import networks  # noqa: E402
-from training.errors import TrainingError, UserError, one_line  # noqa: E402
+from scripts._cli import make_cli  # noqa: E402
+from training.errors import TrainingError, UserError  # noqa: E402
 
 DETECTORS = ("fasterrcnn", "retinanet")
 
@@ -155,17 +156,7 @@ def main(args: argparse.Namespace) -> dict:
     return {"losses": losses, "detections": detections}
 
 
-def cli(argv: list[str] | None = None) -> int:
-    """Command-line entry: bad input is one line on stderr and exit status 2, never a traceback."""
-    try:
-        main(get_args_parser().parse_args(argv))
-    except UserError as error:
-        print(f"error: {one_line(error)}", file=sys.stderr)
-        return 2
-    except TrainingError as error:
-        print(f"error: {one_line(error)}", file=sys.stderr)
-        return 1
-    return 0
+cli = make_cli(main, get_args_parser)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ from torch import Tensor, nn  # noqa: E402
 
 import networks  # noqa: E402
 from networks.identify import classifier_classes  # noqa: E402
+from scripts._cli import add_network_arguments, make_cli  # noqa: E402
 from scripts.make_sample_data import draw  # noqa: E402
 from training.checkpoint import load_weights  # noqa: E402
 from training.errors import UserError, one_line  # noqa: E402
@@ -65,14 +66,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output", required=True, metavar="FILE", help="file to write")
     parser.add_argument("--image-size", type=int, default=224, help="input height and width (default: 224)")
     parser.add_argument("--eval-ema", action="store_true", help="export the checkpoint's EMA weights ('model_ema')")
-    parser.add_argument("-a", "--arch", default=None,
-                        help=f"{', '.join(networks.ARCHS.names())} "
-                             "(default: the checkpoint's, or inferred from its keys)")
-    parser.add_argument("--attention_type", default=None,
-                        help=f"{', '.join(networks.ATTENTIONS.names())} "
-                             "(default: the checkpoint's, or inferred from its keys)")
-    parser.add_argument("--attention_param", type=float, default=None,
-                        help="default: the checkpoint's, else the module's default (lambda 0.1 for simam)")
+    add_network_arguments(parser)
     parser.add_argument("--images", nargs="+", default=None, metavar="IMG",
                         help="images for the parity check (default: a few generated ones)")
     parser.add_argument("--tolerance", type=float, default=1e-4,
@@ -288,13 +282,7 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def cli(argv: list[str] | None = None) -> int:
-    """Command-line entry: bad input is one line on stderr and exit status 2, never a traceback."""
-    try:
-        return main(get_args_parser().parse_args(argv))
-    except UserError as error:
-        print(f"error: {one_line(error)}", file=sys.stderr)
-        return 2
+cli = make_cli(main, get_args_parser)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from torch import nn  # noqa: E402
 
 import networks  # noqa: E402
 from networks.identify import classifier_classes  # noqa: E402
-from scripts._cli import make_cli  # noqa: E402
+from scripts._cli import add_network_arguments, make_cli  # noqa: E402
 from training.checkpoint import load_weights  # noqa: E402
 from training.errors import UserError  # noqa: E402
 from training.presets import IMAGENET_MEAN, IMAGENET_STD, eval_transform  # noqa: E402
@@ -49,15 +49,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="checkpoints: ours, the official release's, or bare state dicts")
     parser.add_argument("--labels", nargs="+", default=None, metavar="LABEL",
                         help="one row label per checkpoint (default: the file name and network)")
-    parser.add_argument("-a", "--arch", default=None,
-                        help=f"one of {', '.join(networks.ARCHS.names())}; wins over the checkpoint's record "
-                             "(default: the checkpoint's, or inferred from its keys)")
-    parser.add_argument("--attention_type", default=None,
-                        help=f"one of {', '.join(networks.ATTENTIONS.names())}; wins over the checkpoint's record "
-                             "(default: the checkpoint's, or inferred from its keys)")
-    parser.add_argument("--attention_param", type=float, default=None,
-                        help="wins over the checkpoint's record (default: the checkpoint's for its attention, else "
-                             "the module's default, lambda 0.1 for simam)")
+    add_network_arguments(parser)
     parser.add_argument("--num-classes", type=int, default=None,
                         help="classifier size when the checkpoint has no classifier weight (default: from the weights)")
     parser.add_argument("--target-class", type=int, default=None,

@@ -17,6 +17,17 @@ def _seed_and_simam_implementation():
     networks.set_simam_implementation(os.environ["SIMAM_IMPL"])
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``): small inputs gain
+    nothing from more, and on a busy machine every operator of a multi-threaded forward waits for a thread that
+    another process holds off the CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _dataset(tmp_path_factory, name: str, **options):
     from scripts.make_sample_data import make_dataset
 

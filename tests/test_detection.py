@@ -11,17 +11,9 @@ import networks
 from helpers import randomize_bn_statistics
 from scripts import detection_example
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SIZE = 64
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: small inputs gain nothing from more, and a busy machine makes every operator of a
-    multi-threaded forward wait for a thread that another process holds off the CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_faster_rcnn_on_simam_resnet50_trains_and_evaluates():

@@ -12,15 +12,8 @@ import networks
 from helpers import randomize_bn_statistics
 from scripts import export
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: these tiny inputs gain nothing from more, and on a busy machine every operator of a
-    multi-threaded forward waits for a thread that another process holds off the CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 SIZE = 64
 # Every network with SimAM goes to ONNX and ExportedProgram (one torch.export for both); other attentions and

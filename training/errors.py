@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from typing import Callable
+
 
 class UserError(Exception):
     """Bad input (missing data, bad flag, unusable checkpoint): ``main_imagenet`` prints it and exits 2."""
@@ -31,3 +34,21 @@ def one_line(error: BaseException) -> str:
         if sep and head.rsplit(".", 1)[-1] == type(error).__name__:
             return tail
     return last
+
+
+def exit_status(run: Callable[[], object]) -> int:
+    """Run a command-line entry point and return its exit status: an int it returns, else 0. A ``UserError`` is
+    one line ``error: ...`` on stderr and status 2, a ``TrainingError`` the same with status 1, Ctrl-C 130;
+    never a traceback."""
+    try:
+        status = run()
+    except UserError as error:
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        return 2
+    except TrainingError as error:
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return status if type(status) is int else 0

@@ -22,7 +22,8 @@ class ECAModule(nn.Module):
         if kernel_size is None:
             kernel_size = adaptive_kernel_size(channels)
         if not (float(kernel_size).is_integer() and kernel_size >= 1 and int(kernel_size) % 2 == 1):
-            raise ValueError(f"ECA kernel size must be an odd integer >= 1 (or omitted for adaptive), got {kernel_size}")
+            raise ValueError("ECA kernel size must be an odd integer >= 1 (or omitted for adaptive), "
+                             f"got {kernel_size}")
         kernel_size = int(kernel_size)
         self.conv = nn.Conv1d(1, 1, kernel_size, padding=kernel_size // 2, bias=False)
 

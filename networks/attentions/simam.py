@@ -15,7 +15,8 @@ _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 def simam(x: Tensor, e_lambda: float = 0.1) -> Tensor:
-    """The paper's formula, in eager PyTorch (the reference ``SimAM`` modules are checked against): return ``x * sigmoid(1 / e_t*)`` for every neuron of an (N, C, H, W) tensor.
+    """The paper's formula, in eager PyTorch (the reference ``SimAM`` modules are checked against): return
+    ``x * sigmoid(1 / e_t*)`` for every neuron of an (N, C, H, W) tensor.
 
     Per channel, with M = H*W: ``d = (x - mean)^2``, ``v = sum(d) / (M - 1)`` and
     ``1 / e_t* = d / (4 (v + lambda)) + 0.5``. With a single neuron per channel (H*W = 1) there

@@ -232,8 +232,9 @@ def _spawned_worker(local_rank: int, devices: list[torch.device], args: argparse
     try:
         worker(spawned_context(local_rank, devices, args, dist_url), args)
     except (UserError, TrainingError) as error:
-        errors.put(f"error: {one_line(error)}")
-        sys.exit(2 if isinstance(error, UserError) else 1)
+        status = 2 if isinstance(error, UserError) else 1
+        errors.put((status, f"error: {one_line(error)}"))
+        sys.exit(status)
     except KeyboardInterrupt:  # a second Ctrl-C; torch's wrapper would report it as success
         sys.exit(130)
 
@@ -255,13 +256,15 @@ def spawn(devices: list[torch.device], args: argparse.Namespace, dist_url: str) 
     try:
         while not context.join():
             pass
-    except mp.ProcessExitedException as error:  # join() has stopped the other processes
-        if not errors.empty():
-            print(errors.get(), file=sys.stderr, flush=True)
-        else:
-            print(f"error: {error}; the other processes were stopped; continue with --resume auto",
-                  file=sys.stderr, flush=True)
-        raise SystemExit(error.exit_code if error.exit_code and error.exit_code > 0 else 1) from None
+    except (mp.ProcessExitedException, mp.ProcessRaisedException) as error:  # join() has stopped the others
+        if not errors.empty():  # a process's own error; the others may have failed after it, waiting for it
+            status, message = errors.get()
+        else:  # killed by a signal, or an unexpected exception (its traceback is the message)
+            exited = isinstance(error, mp.ProcessExitedException) and error.exit_code and error.exit_code > 0
+            status = error.exit_code if exited else 1
+            message = f"error: {error}; the other processes were stopped; continue with --resume auto"
+        print(message, file=sys.stderr, flush=True)
+        raise SystemExit(status) from None
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)

@@ -299,24 +299,23 @@ def worker(ctx: distributed.Context, args: argparse.Namespace) -> dict[str, Any]
 def find_checkpoint(args: argparse.Namespace, ctx: distributed.Context) -> LoadedCheckpoint | None:
     """The checkpoint ``--resume`` names: a file, the newest readable one of a run folder, or with 'auto' this
     run's folder when it has one (preemptible jobs); None to start afresh."""
-    folder = args.resume
-    if folder == "auto":
-        network = identify(None, args)
-        folder = run_folder(args.ckpt, network, args.seed)
-        if not any(os.path.isfile(os.path.join(folder, name)) for name in RESUME_CANDIDATES):
+    path = args.resume  # a file or a run folder
+    if path == "auto":
+        path = run_folder(args.ckpt, identify(None, args), args.seed)
+        if not any(os.path.isfile(os.path.join(path, name)) for name in RESUME_CANDIDATES):
             return None
-    if not folder:
+    if not path:
         return None
-    if os.path.isdir(folder):
-        found = newest_valid_checkpoint(folder, report=print if ctx.is_main else lambda line: None)
+    if os.path.isdir(path):
+        found = newest_valid_checkpoint(path, report=print if ctx.is_main else lambda line: None)
         if found is None:
-            raise UserError(f"no readable checkpoint in {folder} (looked for {', '.join(RESUME_CANDIDATES)}); "
+            raise UserError(f"no readable checkpoint in {path} (looked for {', '.join(RESUME_CANDIDATES)}); "
                             "move damaged files away to start a new run there")
         return LoadedCheckpoint(*found)
-    listed = verify_manifest(folder) if os.path.isfile(folder) else {}
+    listed = verify_manifest(path) if os.path.isfile(path) else {}
     if listed.get("sha256") and ctx.is_main:
-        print(f"=> {folder}: sha256 matches the manifest")
-    return LoadedCheckpoint(folder, read_checkpoint(folder), listed)
+        print(f"=> {path}: sha256 matches the manifest")
+    return LoadedCheckpoint(path, read_checkpoint(path), listed)
 
 
 def identify(checkpoint: LoadedCheckpoint | None, args: argparse.Namespace) -> networks.NetworkSpec:

@@ -151,8 +151,9 @@ def verify_manifest(path: str) -> dict[str, str]:
         return {}
     manifest, row = entry
     expected = (row.get("sha256") or "").strip().lower()
-    if expected and sha256_of(path) != expected:
-        raise UserError(f"{path}: sha256 {sha256_of(path)} does not match {expected} listed in {manifest}; refusing "
+    actual = sha256_of(path) if expected else ""
+    if actual != expected:
+        raise UserError(f"{path}: sha256 {actual} does not match {expected} listed in {manifest}; refusing "
                         "it (a damaged or different file: download it again or correct the manifest)")
     return {key: (value or "").strip() for key, value in row.items() if key}
 

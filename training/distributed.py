@@ -92,15 +92,6 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def any_process(flag: bool, device: torch.device) -> bool:
-    """True on every process if ``flag`` is true on any of them."""
-    if not dist.is_initialized():
-        return flag
-    tensor = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return bool(tensor.item())
-
-
 def broadcast_int(value: int, device: torch.device) -> int:
     """Rank 0's ``value`` on every process."""
     if not dist.is_initialized():

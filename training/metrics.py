@@ -9,8 +9,6 @@ from typing import Any
 
 import torch
 
-from .distributed import all_reduce_sum
-
 # Output formats, defined once for their writers and their readers (scripts/plot_curves.py and
 # scripts/make_results_table.py).
 
@@ -53,12 +51,10 @@ class RunningSums:
         """``[loss, top1, top5, count]`` as one float64 device tensor, to be summed over processes."""
         return torch.cat([self.sums, self.sums.new_tensor([self.count])])
 
-    def averages(self, reduce: bool = False) -> dict[str, float]:
-        """``loss``, ``top1``, ``top5`` (percent) and ``count``; summed over processes if ``reduce``."""
-        sums = self.packed()
-        if reduce:
-            all_reduce_sum(sums)
-        return averages_of(sums.tolist())
+    def averages(self) -> dict[str, float]:
+        """This process's ``loss``, ``top1``, ``top5`` (percent) and ``count`` (``training.engine.synchronize``
+        gives them over all processes)."""
+        return averages_of(self.packed().tolist())
 
 
 def averages_of(packed: list[float]) -> dict[str, float]:

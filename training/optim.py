@@ -14,8 +14,6 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
-from .distributed import all_reduce_sum
-
 # How our SGD runs, as opposed to what it computes: never taken from a saved state (the release saved
 # non-fused states, and a fused step given found_inf by a non-fused group fails).
 _IMPLEMENTATION_OPTIONS = ("fused", "foreach", "differentiable", "capturable")
@@ -95,10 +93,6 @@ class NonFiniteGuard:
         self.bad_steps += sum(1 for value in summed_marks if value > 0)
         self.counted_until = step + 1
         return self.bad_steps
-
-    def read(self, step: int) -> int:
-        """Bad steps up to ``step`` (all processes): its own synchronisation, for use outside the training loop."""
-        return self.add_counted(step, all_reduce_sum(self.pending(step).clone()).tolist())
 
 
 def take_found_inf(optimizer: torch.optim.Optimizer) -> None:

@@ -23,6 +23,7 @@ import os
 import random
 import signal
 import sys
+import time
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -34,13 +35,14 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import networks
-from training import distributed
+from training import distributed, presets
 from training.checkpoint import (
     BEST,
     LATEST,
     RESUME_CANDIDATES,
     atomic_save,
     capture_rng_per_process,
+    load_weights,
     newest_valid_checkpoint,
     read_checkpoint,
     remove_partial_saves,
@@ -49,12 +51,15 @@ from training.checkpoint import (
 )
 from training.config import parse_with_config, recipe_of, save_config
 from training.data import Data, build_data
-from training.engine import StepOptions, evaluate, train_one_epoch
+from training.ema import build_ema, ema_weights_of
+from training.engine import IntervalCheckpoints, StepOptions, evaluate, train_one_epoch
 from training.errors import TrainingError, UserError, exit_status, one_line
+from training.lock import RunLock, job_id
 from training.metrics import RunLog
+from training.mixing import BatchMixer
 from training.optim import build_optimizer
-from training.performance import AMP_CHOICES, INPUT_PIPELINES, amp_dtype_for
-from training.schedule import build_scheduler
+from training.performance import AMP_CHOICES, INPUT_PIPELINES, amp_dtype_for, compile_model
+from training.schedule import SCHEDULES, build_scheduler, schedule_options
 from training.signals import StopRequest
 from training.state import LoadedCheckpoint, RunSpec, TrainState, run_folder
 
@@ -87,7 +92,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     arg("-p", "--print-freq", default=10, type=int, metavar="N", help="print (and sync metrics) every N iterations")
     arg("--resume", default="", type=str, metavar="PATH",
         help="checkpoint to resume from (a file or a run folder; 'auto': this run's folder if it has a checkpoint, "
-             "else start); with -e, the checkpoint to evaluate")
+             "else start; the default for workers that torchrun --max-restarts restarted); with -e, the checkpoint "
+             "to evaluate")
     arg("-e", "--evaluate", action="store_true", help="evaluate the model on the validation set and exit")
     arg("--pretrained", action="store_true",
         help="accepted for compatibility with the release, where it had no effect; ignored with a warning")
@@ -144,6 +150,49 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
              "default: stop with an error naming the file")
     arg("--max-bad-steps", default=0, type=int, metavar="N",
         help="training steps per epoch whose loss may be NaN/inf (their updates are skipped) before the run stops")
+    arg("--checkpoint-interval", default=10.0, type=float, metavar="MINUTES",
+        help="also save a resumable checkpoint inside an epoch every MINUTES of training (0: only after each epoch "
+             "and on SIGTERM); a SIGKILL or a dead node then loses at most this much")
+    arg("--checkpoint-every-steps", default=0, type=int, metavar="N",
+        help="also save a resumable checkpoint every N training steps (0: off)")
+    modern = parser.add_argument_group(
+        "modern recipe options (torchvision's names and meanings; all off by default, see configs/modern/)")
+    arg = modern.add_argument
+    arg("--lr-scheduler", default=None, choices=SCHEDULES,
+        help="learning-rate schedule by name (default: step, or release_cosine with --cos_lr); "
+             "stepped per iteration, combined with --warmup-epochs")
+    arg("--lr-step-size", default=30, type=int, help="step: decay every N epochs")
+    arg("--lr-gamma", default=0.1, type=float, help="step, multistep, exponential: decay factor")
+    arg("--lr-milestones", default=[], type=int, nargs="+", metavar="EPOCH", help="multistep: epochs of the decays")
+    arg("--lr-min", default=0.0, type=float, help="cosine: the learning rate it ends at")
+    arg("--nesterov", action="store_true", help="Nesterov momentum")
+    arg("--norm-weight-decay", default=None, type=float,
+        help="weight decay of normalisation layers' parameters (default: --wd)")
+    arg("--bias-weight-decay", default=None, type=float, help="weight decay of biases (default: --wd)")
+    arg("--model-ema", action="store_true",
+        help="keep an exponential moving average of the weights, evaluated every epoch beside the model")
+    arg("--model-ema-decay", default=0.99998, type=float,
+        help="EMA decay (adjusted for the batch size, --model-ema-steps and --epochs as torchvision does)")
+    arg("--model-ema-steps", default=32, type=int, help="update the EMA every N optimizer steps")
+    arg("--eval-ema", action="store_true", help="with -e or --save_weights: the checkpoint's EMA weights")
+    arg("--mixup-alpha", default=0.0, type=float, help="MixUp with this Beta(alpha, alpha) (0: off)")
+    arg("--cutmix-alpha", default=0.0, type=float,
+        help="CutMix with this Beta(alpha, alpha) (0: off); with --mixup-alpha, one of the two per batch")
+    arg("--auto-augment", default=None, choices=presets.AUTO_AUGMENT_POLICIES,
+        help="augmentation policy: RandAugment, TrivialAugmentWide, AugMix or AutoAugment's ImageNet policy")
+    arg("--ra-magnitude", default=9, type=int, help="RandAugment magnitude")
+    arg("--augmix-severity", default=3, type=int, help="AugMix severity")
+    arg("--random-erase", default=0.0, type=float, metavar="P", help="RandomErasing probability")
+    arg("--train-size-schedule", default=None, metavar="START:END:FROM_EPOCH:TO_EPOCH",
+        help="progressive resizing: training crops grow linearly from START px (before FROM_EPOCH) to END px "
+             "(from TO_EPOCH on), in multiples of 32; replaces --train-crop-size")
+    arg("--accum-steps", default=1, type=int, metavar="K",
+        help="gradient accumulation: each optimizer step adds up K micro-batches of -b / (K x processes) images "
+             "(-b stays the batch of a step; BatchNorm normalises each micro-batch on its own)")
+    arg("--sync-bn", action="store_true", help="synchronised BatchNorm over the processes (GPUs only)")
+    arg("--tta", default="none", choices=("none", "flip"),
+        help="evaluation: flip averages the logits of each image and its mirror (not the paper's single-crop "
+             "protocol)")
     return parser
 
 
@@ -179,11 +228,13 @@ def check_args(args: argparse.Namespace) -> None:
                  "val_crop_size"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    for name in ("workers", "start_epoch", "warmup_epochs", "lr", "weight_decay", "momentum", "max_bad_steps"):
+    for name in ("workers", "start_epoch", "warmup_epochs", "lr", "weight_decay", "momentum", "max_bad_steps",
+                 "checkpoint_interval", "checkpoint_every_steps"):
         if getattr(args, name) < 0:
             raise UserError(f"--{name.replace('_', '-')} must not be negative, got {getattr(args, name)}")
     if not 0.0 <= args.label_smoothing < 1.0:
         raise UserError(f"--label-smoothing must be in [0, 1), got {args.label_smoothing}")
+    check_recipe_args(args)
     try:
         if args.arch is not None:
             networks.ARCHS.get(args.arch)
@@ -197,6 +248,49 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError("the data folder DIR is required (or --dummy for synthetic data); see --help")
     if args.pretrained:
         warnings.warn("--pretrained had no effect in the release and is ignored here")
+
+
+def check_recipe_args(args: argparse.Namespace) -> None:
+    """The modern recipe options' values (one line each)."""
+    for name in ("lr_gamma", "lr_min", "mixup_alpha", "cutmix_alpha", "ra_magnitude", "norm_weight_decay",
+                 "bias_weight_decay"):
+        if getattr(args, name) is not None and getattr(args, name) < 0:
+            raise UserError(f"--{name.replace('_', '-')} must not be negative, got {getattr(args, name)}")
+    for name in ("model_ema_steps", "accum_steps", "augmix_severity", "lr_step_size"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if not 0.0 < args.model_ema_decay < 1.0:
+        raise UserError(f"--model-ema-decay must be in (0, 1), got {args.model_ema_decay}")
+    if not 0.0 <= args.random_erase <= 1.0:
+        raise UserError(f"--random-erase is a probability in [0, 1], got {args.random_erase}")
+    if args.batch_size % args.accum_steps:
+        raise UserError(f"--accum-steps {args.accum_steps} does not divide -b {args.batch_size}: each optimizer step "
+                        "adds up equal micro-batches")
+    if args.cos_lr and args.lr_scheduler not in (None, "release_cosine"):
+        raise UserError(f"--cos_lr is the release's name for --lr-scheduler release_cosine; it cannot be combined "
+                        f"with --lr-scheduler {args.lr_scheduler}")
+    try:
+        schedule_options(iters_per_epoch=1, **scheduler_kwargs(args))
+        if args.train_size_schedule:
+            presets.train_size_schedule(args.train_size_schedule)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    if args.eval_ema and not (args.evaluate or args.save_weights):
+        raise UserError("--eval-ema picks the checkpoint's EMA weights for -e or --save_weights; training with an "
+                        "EMA is --model-ema")
+
+
+def scheduler_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The learning-rate schedule's options (``training.schedule.build_scheduler``) from the command line."""
+    name = args.lr_scheduler or ("release_cosine" if args.cos_lr else "step")
+    return dict(epochs=args.epochs, name=name, warmup_epochs=args.warmup_epochs, step_size=args.lr_step_size,
+                gamma=args.lr_gamma, milestones=tuple(args.lr_milestones), lr_min=args.lr_min)
+
+
+def optimizer_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The optimizer's options (``training.optim.build_optimizer``) from the command line."""
+    return dict(lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, nesterov=args.nesterov,
+                norm_weight_decay=args.norm_weight_decay, bias_weight_decay=args.bias_weight_decay)
 
 
 def torchrun_context(args: argparse.Namespace) -> distributed.Context:
@@ -277,9 +371,12 @@ def worker(ctx: distributed.Context, args: argparse.Namespace) -> dict[str, Any]
     previous = networks.get_simam_implementation()
     if args.simam_impl:  # per process: spawned processes start from the environment's choice
         networks.set_simam_implementation(args.simam_impl)
+    lock = None
     try:
         checkpoint = find_checkpoint(args, ctx)
         spec = resolve_run(args, checkpoint, ctx)
+        if not (args.evaluate or args.save_weights):
+            lock = lock_run_folder(spec.run_dir, ctx)
         run = set_up(args, spec, checkpoint, ctx)
         if args.evaluate:
             return evaluate_checkpoint(run, checkpoint, args)
@@ -288,6 +385,8 @@ def worker(ctx: distributed.Context, args: argparse.Namespace) -> dict[str, Any]
             return save_weights(state.model, args.save_weights, run.log)
         return fit(run, state, args)
     finally:
+        if lock is not None:
+            lock.release()
         networks.set_simam_implementation(previous)
         distributed.cleanup()
 
@@ -298,8 +397,11 @@ def worker(ctx: distributed.Context, args: argparse.Namespace) -> dict[str, Any]
 
 def find_checkpoint(args: argparse.Namespace, ctx: distributed.Context) -> LoadedCheckpoint | None:
     """The checkpoint ``--resume`` names: a file, the newest readable one of a run folder, or with 'auto' this
-    run's folder when it has one (preemptible jobs); None to start afresh."""
+    run's folder when it has one (preemptible jobs, and by default workers that torchrun restarted); None to
+    start afresh. Rank 0 chooses a run folder's file and every process reads that one."""
     path = args.resume  # a file or a run folder
+    if not path and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
+        path = "auto"
     if path == "auto":
         path = run_folder(args.ckpt, identify(None, args), args.seed)
         if not any(os.path.isfile(os.path.join(path, name)) for name in RESUME_CANDIDATES):
@@ -307,11 +409,15 @@ def find_checkpoint(args: argparse.Namespace, ctx: distributed.Context) -> Loade
     if not path:
         return None
     if os.path.isdir(path):
-        found = newest_valid_checkpoint(path, report=print if ctx.is_main else lambda line: None)
-        if found is None:
+        found, chosen = None, None
+        if ctx.is_main:
+            found = newest_valid_checkpoint(path)
+            chosen = found[0] if found else None
+        chosen = distributed.broadcast_object(chosen)  # the files may change while the processes look
+        if chosen is None:
             raise UserError(f"no readable checkpoint in {path} (looked for {', '.join(RESUME_CANDIDATES)}); "
                             "move damaged files away to start a new run there")
-        return LoadedCheckpoint(*found)
+        return LoadedCheckpoint(*found) if found else LoadedCheckpoint(chosen, read_checkpoint(chosen))
     listed = verify_manifest(path) if os.path.isfile(path) else {}
     if listed.get("sha256") and ctx.is_main:
         print(f"=> {path}: sha256 matches the manifest")
@@ -347,6 +453,22 @@ def resolve_run(args: argparse.Namespace, checkpoint: LoadedCheckpoint | None, c
                    deterministic=args.seed is not None, run_dir=run_folder(args.ckpt, network, args.seed))
 
 
+def lock_run_folder(run_dir: str, ctx: distributed.Context) -> RunLock | None:
+    """Rank 0 takes the run folder's lock for the job (``training.lock``); a folder another live job holds stops
+    every process with one line naming the holder."""
+    lock, refused = None, None
+    if ctx.is_main:
+        lock = RunLock(run_dir, job_id())
+        try:
+            lock.acquire()
+        except UserError as error:
+            lock, refused = None, str(error)
+    refused = distributed.broadcast_object(refused)
+    if refused:
+        raise UserError(refused)
+    return lock
+
+
 @dataclass
 class Run:
     """A set-up process: its data, model (on the device, unwrapped), step options and logs."""
@@ -363,8 +485,12 @@ def set_up(args: argparse.Namespace, spec: RunSpec, checkpoint: LoadedCheckpoint
            ctx: distributed.Context) -> Run:
     """Seed, data, run folder and logs, the model on the device, and how steps run."""
     seed_everything(spec.seed, spec.deterministic)
-    if args.batch_size % ctx.world_size:
-        raise UserError(f"-b {args.batch_size} does not split evenly over {ctx.world_size} processes")
+    if args.batch_size % (ctx.world_size * args.accum_steps):
+        raise UserError(f"-b {args.batch_size} does not split evenly over {ctx.world_size} processes"
+                        + (f" x {args.accum_steps} micro-batches (--accum-steps)" if args.accum_steps > 1 else ""))
+    if args.sync_bn and ctx.world_size > 1 and ctx.device.type != "cuda":
+        raise UserError("--sync-bn runs on GPUs only (torch's SyncBatchNorm has no CPU implementation); leave it out "
+                        "on the CPU")
     batch_per_process = args.batch_size // ctx.world_size
     data = build_data(args, ctx.world_size, ctx.rank, spec.seed, batch_per_process,
                       math.ceil(args.workers / ctx.local_world_size), pin_memory=ctx.device.type == "cuda")
@@ -373,8 +499,7 @@ def set_up(args: argparse.Namespace, spec: RunSpec, checkpoint: LoadedCheckpoint
                         f"(first ones: {checkpoint.get('classes')[:3]} vs {data.classes[:3]})")
     if ctx.is_main:
         os.makedirs(spec.run_dir, exist_ok=True)
-        remove_partial_saves(spec.run_dir)
-    log = RunLog(spec.run_dir, ctx.is_main, tensorboard=not args.evaluate)
+    log = RunLog(spec.run_dir, ctx.is_main, tensorboard=not (args.evaluate or args.save_weights))
     model = networks.create_net(spec.arch, spec.attention_type, spec.attention_param, len(data.classes))
     cost = None
     if ctx.is_main:
@@ -385,6 +510,8 @@ def set_up(args: argparse.Namespace, spec: RunSpec, checkpoint: LoadedCheckpoint
         log.print(f"=> {spec.arch} + {spec.attention_name}, {len(data.classes)} classes: params {cost.params_m:.2f} M, "
                   f"FLOPs {cost.gflops:.2f} G at {args.val_crop_size} px | {ctx.world_size} process(es) on "
                   f"{ctx.device.type}, batch {batch_per_process} per process | run folder {spec.run_dir}")
+    if args.sync_bn and not args.evaluate:  # same state dict keys: its checkpoints load into the plain model
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     model.to(ctx.device, memory_format=memory_format)
     amp_dtype = amp_dtype_for(args.amp, ctx.device)
@@ -392,14 +519,18 @@ def set_up(args: argparse.Namespace, spec: RunSpec, checkpoint: LoadedCheckpoint
               f"{'channels_last' if args.channels_last else 'contiguous'}, "
               f"{'torch.compile' if args.compile else 'eager'}, {args.input_pipeline} input pipeline"
               + (f", SimAM kernels: {networks.get_simam_implementation()}" if spec.attention_type == "simam" else ""))
+    mixer = None
+    if args.mixup_alpha or args.cutmix_alpha:
+        mixer = BatchMixer(len(data.classes), args.mixup_alpha, args.cutmix_alpha, spec.seed)
     options = StepOptions(ctx, nn.CrossEntropyLoss(label_smoothing=args.label_smoothing), memory_format, amp_dtype,
-                          args.print_freq, args.log_freq, args.max_bad_steps, progress=not args.no_progress)
+                          args.print_freq, args.log_freq, args.max_bad_steps, progress=not args.no_progress,
+                          accum_steps=args.accum_steps, mixer=mixer, tta=args.tta == "flip")
     return Run(spec, data, model, options, log, cost)
 
 
-def evaluation_model(run: Run, compile_model: bool) -> nn.Module:
+def evaluation_model(model: nn.Module, compile: bool) -> nn.Module:
     """The model validation runs (compiled on its own with ``--compile``: its graph has no autograd)."""
-    return torch.compile(run.model, dynamic=False) if compile_model else run.model
+    return compile_model(model) if compile else model
 
 
 def evaluate_checkpoint(run: Run, checkpoint: LoadedCheckpoint | None, args: argparse.Namespace) -> dict[str, Any]:
@@ -407,8 +538,8 @@ def evaluate_checkpoint(run: Run, checkpoint: LoadedCheckpoint | None, args: arg
     if checkpoint is None:
         warnings.warn("-e without --resume evaluates a randomly initialised model")
     else:
-        checkpoint.load_into(run.model, run.spec, len(run.data.classes))
-    metrics = evaluate(evaluation_model(run, args.compile), run.data.val_loader, run.options, run.log)
+        load_model_weights(run, checkpoint, args.eval_ema)
+    metrics = evaluate(evaluation_model(run.model, args.compile), run.data.val_loader, run.options, run.log)
     result = {
         "arch": run.spec.arch, "attention_type": run.spec.attention_type, "attention_param": run.spec.attention_param,
         "checkpoint": checkpoint.path if checkpoint else None, "epoch": checkpoint.get("epoch") if checkpoint else None,
@@ -416,6 +547,7 @@ def evaluate_checkpoint(run: Run, checkpoint: LoadedCheckpoint | None, args: arg
         "bad_images": metrics["bad_images"],
         "params_m": run.cost.params_m if run.cost else None, "gflops": run.cost.gflops if run.cost else None,
         "val_resize_size": args.val_resize_size, "val_crop_size": args.val_crop_size, "data": args.data,
+        "tta": args.tta, "weights": "ema" if args.eval_ema else "model",
     }
     if run.log.enabled:
         n_val = len(run.data.val_loader.dataset)
@@ -432,14 +564,32 @@ def evaluate_checkpoint(run: Run, checkpoint: LoadedCheckpoint | None, args: arg
     return result
 
 
+def load_model_weights(run: Run, checkpoint: LoadedCheckpoint, eval_ema: bool) -> None:
+    """The checkpoint's weights, or with ``eval_ema`` its EMA weights, strictly into the model."""
+    if eval_ema:
+        load_weights(run.model, ema_weights_of(checkpoint.content, checkpoint.path), checkpoint.path, run.spec.arch,
+                     run.spec.attention_type, len(run.data.classes))
+    else:
+        checkpoint.load_into(run.model, run.spec, len(run.data.classes))
+        if checkpoint.get("best_of") == "ema":
+            run.log.print(f"=> note: {checkpoint.path}'s best accuracy was its EMA's; --eval-ema evaluates those")
+
+
 def build_train_state(run: Run, checkpoint: LoadedCheckpoint | None, args: argparse.Namespace) -> TrainState:
-    """Optimizer, schedule and gradient scaler for the model, restored from the checkpoint when there is one."""
-    optimizer = build_optimizer(run.model, args.lr, args.momentum, args.weight_decay)
+    """Optimizer, schedule, gradient scaler and weight average for the model, restored from the checkpoint when
+    there is one."""
+    optimizer = build_optimizer(run.model, **optimizer_kwargs(args))
     iterations_per_epoch = len(run.data.train_loader)
-    state = TrainState(run.model, optimizer, build_scheduler(optimizer, args, iterations_per_epoch),
+    ema = None
+    if args.model_ema:
+        ema = build_ema(run.model, args.model_ema_decay, args.model_ema_steps, args.batch_size, args.epochs,
+                        args.warmup_epochs)
+    state = TrainState(run.model, optimizer, build_scheduler(optimizer, iterations_per_epoch, **scheduler_kwargs(args)),
                        torch.amp.GradScaler(run.options.device.type, enabled=run.options.amp_dtype == torch.float16),
-                       iterations_per_epoch, epoch=args.start_epoch)
-    if checkpoint is not None:
+                       iterations_per_epoch, epoch=args.start_epoch, ema=ema)
+    if checkpoint is not None and args.save_weights and args.eval_ema:
+        load_model_weights(run, checkpoint, eval_ema=True)
+    elif checkpoint is not None:
         state.load_checkpoint(checkpoint, run.spec, len(run.data.classes), run.options.ctx)
         run.log.print(f"=> resumed from {checkpoint.path} at epoch {state.epoch}"
                       + (f", iteration {state.iteration}" if state.iteration else ""), to_file=True)
@@ -463,10 +613,12 @@ def fit(run: Run, state: TrainState, args: argparse.Namespace) -> dict[str, Any]
         train_model = nn.parallel.DistributedDataParallel(
             run.model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
     if args.compile:
-        train_model = torch.compile(train_model, dynamic=False)  # a smaller last batch: its own graph
-    eval_model = evaluation_model(run, args.compile)
+        train_model = compile_model(train_model)
+    eval_model = evaluation_model(run.model, args.compile)
+    eval_ema = evaluation_model(state.ema.module, args.compile) if state.ema is not None else None
     latest = os.path.join(spec.run_dir, LATEST)
     if ctx.is_main:
+        remove_partial_saves(spec.run_dir)
         save_config(args, os.path.join(spec.run_dir, "config.yaml"))
         log.forget_epochs_from(state.epoch)
 
@@ -476,11 +628,21 @@ def fit(run: Run, state: TrainState, args: argparse.Namespace) -> dict[str, Any]
             save_checkpoint(state.to_checkpoint(spec, run.data.classes, recipe_of(args), rng_per_rank), spec.run_dir,
                             best=best)
 
+    def save_inside_epoch() -> None:
+        started = time.perf_counter()
+        save()
+        log.print(f"=> saved {latest} at epoch {state.epoch}, iteration {state.iteration} "
+                  f"in {time.perf_counter() - started:.2f} s", to_file=True)
+
+    checkpoints = IntervalCheckpoints(save_inside_epoch, args.checkpoint_interval, args.checkpoint_every_steps)
     result: dict[str, Any] = {}
     with StopRequest() as stop:
         while state.epoch < args.epochs:
             epoch = state.epoch
-            train = train_one_epoch(train_model, run.data.train_loader, state, run.options, log, stop)
+            size_of_epoch = run.data.train_loader.sampler.size_of_epoch
+            if size_of_epoch is not None:
+                log.print(f"=> epoch {epoch}: training crops of {size_of_epoch(epoch)} px", to_file=True)
+            train = train_one_epoch(train_model, run.data.train_loader, state, run.options, log, stop, checkpoints)
             if train["stopped"]:
                 save()
                 log.print(f"=> stopped by {stop.signal_name or 'a signal on another process'} at epoch {epoch}, "
@@ -489,13 +651,22 @@ def fit(run: Run, state: TrainState, args: argparse.Namespace) -> dict[str, Any]
             broadcast_buffers(run.model)  # BN running stats: evaluate what rank 0 saves
             val = evaluate(eval_model, run.data.val_loader, run.options, log)
             log.print(final_line(val), to_file=True)
-            is_best = val["top1"] > state.best_acc
-            state.best_acc = max(val["top1"], state.best_acc)
             result = {"epoch": epoch, "lr": train["lr"], "train_loss": train["loss"], "train_top1": train["top1"],
                       "train_top5": train["top5"], "val_loss": val["loss"], "val_top1": val["top1"],
                       "val_top5": val["top5"], "epoch_time_s": train["time_s"], "images_per_s": train["images_per_s"],
                       "nonfinite_steps": train["nonfinite_steps"],
                       "bad_images": train["bad_images"] + val["bad_images"]}
+            scores = {"model": val["top1"]}
+            if eval_ema is not None:
+                broadcast_buffers(state.ema)
+                val_ema = evaluate(eval_ema, run.data.val_loader, run.options, log)
+                log.print(f"EMA {final_line(val_ema)}", to_file=True)
+                result.update(val_loss_ema=val_ema["loss"], val_top1_ema=val_ema["top1"], val_top5_ema=val_ema["top5"])
+                scores["ema"] = val_ema["top1"]
+            best_of = max(scores, key=scores.get)  # the model on a tie
+            is_best = scores[best_of] > state.best_acc
+            if is_best:
+                state.best_acc, state.best_of = scores[best_of], best_of
             log.epoch(result)
             state.epoch, state.iteration, state.sums = epoch + 1, 0, None
             save(best=is_best)
@@ -503,7 +674,8 @@ def fit(run: Run, state: TrainState, args: argparse.Namespace) -> dict[str, Any]
                 log.print(f"=> stopped by {stop.signal_name} after epoch {epoch}; continue with --resume {latest}",
                           to_file=True)
                 return {**result, "stopped": True, "best_acc": state.best_acc}
-    log.print(f"=> done: best Acc@1 {state.best_acc:.3f}; checkpoints {latest} and "
+    best = f"{state.best_acc:.3f}" + (" (EMA)" if state.best_of == "ema" else "")
+    log.print(f"=> done: best Acc@1 {best}; checkpoints {latest} and "
               f"{os.path.join(spec.run_dir, BEST)}; logs log.txt and metrics.jsonl in {spec.run_dir}; "
               f"curves: tensorboard --logdir {spec.run_dir}")
     log.close()

@@ -43,6 +43,7 @@ from networks.identify import classifier_classes  # noqa: E402
 from scripts._cli import add_network_arguments, make_cli  # noqa: E402
 from scripts.make_sample_data import draw  # noqa: E402
 from training.checkpoint import load_weights  # noqa: E402
+from training.ema import ema_weights_of  # noqa: E402
 from training.errors import UserError, one_line  # noqa: E402
 from training.presets import eval_transform  # noqa: E402
 
@@ -94,19 +95,6 @@ def require(fmt: str) -> None:
                             f"{' '.join(FORMATS[fmt])}") from None
 
 
-def ema_state_dict(checkpoint: object, path: str) -> dict[str, Tensor]:
-    """The EMA weights ``checkpoint['model_ema']``: without DDP's and AveragedModel's ``module.`` prefixes and
-    without AveragedModel's ``n_averaged``."""
-    ema = checkpoint.get("model_ema") if isinstance(checkpoint, Mapping) else None
-    if not isinstance(ema, Mapping) or not ema:
-        raise UserError(f"{path} has no EMA weights ('model_ema'); leave out --eval-ema")
-    state_dict = networks.strip_prefix(networks.strip_prefix(ema))
-    state_dict.pop("n_averaged", None)
-    if not state_dict or not all(torch.is_tensor(v) for v in state_dict.values()):
-        raise UserError(f"{path}: its 'model_ema' is not a state dict")
-    return state_dict
-
-
 def load_network(path: str, arch: str | None = None, attention_type: str | None = None,
                  attention_param: float | None = None, eval_ema: bool = False) -> tuple[nn.Module, str]:
     """The checkpoint's network in eval mode, loaded strictly, and a description ('resnet50 + simam (e_lambda=0.1)').
@@ -116,7 +104,7 @@ def load_network(path: str, arch: str | None = None, attention_type: str | None 
     """
     try:
         checkpoint = networks.load_checkpoint_file(path)  # weights_only=True: nothing is executed
-        state_dict = ema_state_dict(checkpoint, path) if eval_ema else networks.state_dict_of(checkpoint, path)
+        state_dict = ema_weights_of(checkpoint, path) if eval_ema else networks.state_dict_of(checkpoint, path)
         spec = networks.identify_network(checkpoint, arch, attention_type, attention_param, source=path)
         record = checkpoint if isinstance(checkpoint, Mapping) else {}
         num_classes = int(classifier_classes(state_dict) or record.get("num_classes") or 1000)

@@ -148,3 +148,43 @@ def test_command_line_has_no_traceback(tmp_path):
 def test_unknown_config_key(tmp_path, capsys):
     (tmp_path / "recipe.yaml").write_text("arch: resnet50\nlearning_rate_x: 3\n")
     fails(["--config", tmp_path / "recipe.yaml"], capsys, "unknown option(s) learning_rate_x")
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--accum-steps", "3"], "--accum-steps 3 does not divide -b 16"),
+    (["--accum-steps", "0"], "--accum-steps must be at least 1"),
+    (["--train-size-schedule", "160:192:5"], "expected START:END:FROM_EPOCH:TO_EPOCH"),
+    (["--train-size-schedule", "160:192:9:3"], "expected START:END:FROM_EPOCH:TO_EPOCH"),
+    (["--mixup-alpha", "-1"], "--mixup-alpha must not be negative"),
+    (["--random-erase", "1.5"], "--random-erase is a probability"),
+    (["--model-ema-decay", "1"], "--model-ema-decay must be in (0, 1)"),
+    (["--model-ema-steps", "0"], "--model-ema-steps must be at least 1"),
+    (["--lr-scheduler", "multistep"], "milestones"),
+    (["--lr-scheduler", "step", "--lr-min", "0.001"], "lr_min applies to the cosine and linear schedules only"),
+    (["--cos_lr", "--lr-scheduler", "cosine"], "--cos_lr is the release's name for --lr-scheduler release_cosine"),
+    (["--eval-ema"], "--eval-ema picks the checkpoint's EMA weights"),
+    (["--checkpoint-interval", "-1"], "--checkpoint-interval must not be negative"),
+])
+def test_bad_recipe_values(tiny_data, tmp_path, capsys, flags, expected):
+    fails(train_argv(tiny_data, tmp_path, *flags), capsys, expected)
+
+
+def test_eval_ema_of_a_checkpoint_without_an_ema(tiny_data, tmp_path, capsys):
+    checkpoint = tmp_path / "plain.pth"
+    torch.save({"state_dict": main_imagenet.networks.create_net("resnet18", "simam", num_classes=3).state_dict()},
+               checkpoint)
+    fails(train_argv(tiny_data, tmp_path, "-e", "--eval-ema", "--resume", checkpoint), capsys,
+          "has no EMA weights ('model_ema')")
+
+
+def test_schedule_flags_map_to_the_schedule_by_name():
+    parse = main_imagenet.get_args_parser().parse_args
+    assert main_imagenet.scheduler_kwargs(parse(["D"]))["name"] == "step"
+    assert main_imagenet.scheduler_kwargs(parse(["D", "--cos_lr"]))["name"] == "release_cosine"
+    kwargs = main_imagenet.scheduler_kwargs(parse(["D", "--lr-scheduler", "multistep", "--lr-milestones", "3", "7",
+                                                   "--lr-gamma", "0.5", "--epochs", "9", "--warmup-epochs", "1"]))
+    assert kwargs == dict(epochs=9, name="multistep", warmup_epochs=1.0, step_size=30, gamma=0.5, milestones=(3, 7),
+                          lr_min=0.0)
+    defaults = main_imagenet.optimizer_kwargs(parse(["D"]))
+    assert defaults == dict(lr=0.1, momentum=0.9, weight_decay=1e-4, nesterov=False, norm_weight_decay=None,
+                            bias_weight_decay=None)

@@ -2,7 +2,9 @@
 
 Training order and augmentation are functions of (seed, epoch, position) only: the sampler hands each
 sample its own seed and the transform runs under it. A run stopped anywhere and resumed therefore sees
-exactly the images and crops an uninterrupted run sees, whatever the number of workers.
+exactly the images and crops an uninterrupted run sees, whatever the number of workers. With a training size
+schedule (progressive resizing) the sampler also hands each sample its epoch's crop size: the sampler's items are
+the one channel that reaches persistent workers.
 """
 
 from __future__ import annotations
@@ -63,7 +65,22 @@ def image_loader(pipeline: str = "pil") -> Callable[[str], Image.Image | Tensor]
     return load_uint8 if pipeline == "uint8" else load_rgb
 
 
-def image_folder(data: str, split: str, transform, loader: Callable = load_rgb) -> datasets.ImageFolder:
+class ImageFolder(datasets.ImageFolder):
+    """torchvision's ImageFolder that also takes items ``(index, size)``: the transform then runs as
+    ``transform(image, size)`` (``presets.TrainTransform``), for a training size schedule."""
+
+    def __getitem__(self, item: int | tuple[int, int]):
+        if not isinstance(item, tuple):
+            return super().__getitem__(item)
+        index, size = item
+        path, target = self.samples[index]
+        image = self.transform(self.loader(path), size)
+        if self.target_transform is not None:
+            target = self.target_transform(target)
+        return image, target
+
+
+def image_folder(data: str, split: str, transform, loader: Callable = load_rgb) -> ImageFolder:
     """``DATA/split`` as an ImageFolder; a missing folder or a class folder without images is a ``UserError``."""
     root = os.path.join(data, split)
     if not os.path.isdir(data):
@@ -72,7 +89,7 @@ def image_folder(data: str, split: str, transform, loader: Callable = load_rgb) 
         raise UserError(f"{root} not found: DATA must hold train/ and val/, each with one sub-folder per class")
     if not any(entry.is_dir() for entry in os.scandir(root)):
         raise UserError(f"{root} has no class folders: expected {root}/<class>/<image>.JPEG")
-    dataset = datasets.ImageFolder(root, transform=transform, loader=loader, allow_empty=True)
+    dataset = ImageFolder(root, transform=transform, loader=loader, allow_empty=True)
     with_images = set(dataset.targets)
     empty = [name for index, name in enumerate(dataset.classes) if index not in with_images]
     if empty:
@@ -83,7 +100,7 @@ def image_folder(data: str, split: str, transform, loader: Callable = load_rgb) 
 
 class SyntheticImages(Dataset):
     """``--dummy``: random normalised images (random uint8 images with ``uint8``) and labels, for throughput
-    checks without data on disk."""
+    checks without data on disk; an item ``(index, size)`` gives a ``size`` x ``size`` image (a size schedule)."""
 
     def __init__(self, length: int, image_size: int, num_classes: int = 1000, uint8: bool = False) -> None:
         self.length, self.image_size, self.num_classes, self.uint8 = length, image_size, num_classes, uint8
@@ -92,14 +109,16 @@ class SyntheticImages(Dataset):
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, index: int):
-        shape = (3, self.image_size, self.image_size)
+    def __getitem__(self, item: int | tuple[int, int]):
+        index, size = item if isinstance(item, tuple) else (item, self.image_size)
+        shape = (3, size, size)
         image = torch.randint(0, 256, shape, dtype=torch.uint8) if self.uint8 else torch.randn(shape)
         return image, index % self.num_classes
 
 
 class SeededSamples(Dataset):
-    """Wraps a dataset so that an item ``(index, seed)`` is loaded with the torch RNG seeded by ``seed``.
+    """Wraps a dataset so that an item ``(index, seed)`` is loaded with the torch RNG seeded by ``seed``; an item
+    ``(index, seed, size)`` loads the wrapped dataset's item ``(index, size)`` (``ImageFolder``, ``SyntheticImages``).
 
     With ``skip_bad_images`` an unreadable image is replaced by the next readable one (the batch keeps its
     size, so DDP processes stay in step) and items are ``(image, target, skipped)``, ``skipped`` naming the
@@ -112,22 +131,25 @@ class SeededSamples(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, item: tuple[int, int]):
-        index, seed = item
+    def __getitem__(self, item: tuple[int, int] | tuple[int, int, int]):
+        index, seed, *size = item
         if get_worker_info() is not None:  # a worker process owns its RNG, and uses only the CPU's: seed that
             torch.default_generator.manual_seed(seed)  # (torch.manual_seed's other devices cost 0.1 ms a sample)
-            return self._load(index)
+            return self._load(index, *size)
         with torch.random.fork_rng(devices=[]):  # loading in the main process: leave its RNG alone
             torch.manual_seed(seed)
-            return self._load(index)
+            return self._load(index, *size)
 
-    def _load(self, index: int):
+    def _load(self, index: int, size: int | None = None):
+        def item(index: int):
+            return index if size is None else (index, size)
+
         if not self.skip_bad_images:
-            return self.dataset[index]
+            return self.dataset[item(index)]
         skipped = []
         for attempt in range(min(len(self.dataset), 100)):
             try:
-                image, target = self.dataset[(index + attempt) % len(self.dataset)]
+                image, target = self.dataset[item((index + attempt) % len(self.dataset))]
                 return image, target, "\n".join(skipped)
             except BadImageError as error:
                 skipped.append(str(error))
@@ -170,10 +192,13 @@ def skipped_images(batch) -> list[str]:
 
 class TrainSampler(Sampler):
     """Shuffles per epoch like ``DistributedSampler`` (padding to a multiple of the world size) and yields
-    ``(index, per-sample seed)``; ``set_epoch(epoch, skip)`` starts the epoch after ``skip`` samples."""
+    ``(index, per-sample seed)``, or ``(index, per-sample seed, size_of_epoch(epoch))`` given a size schedule;
+    ``set_epoch(epoch, skip)`` starts the epoch after ``skip`` samples."""
 
-    def __init__(self, length: int, num_replicas: int = 1, rank: int = 0, seed: int = 0) -> None:
+    def __init__(self, length: int, num_replicas: int = 1, rank: int = 0, seed: int = 0,
+                 size_of_epoch: Callable[[int], int] | None = None) -> None:
         self.length, self.num_replicas, self.rank, self.seed = length, num_replicas, rank, seed
+        self.size_of_epoch = size_of_epoch
         self.per_replica = math.ceil(length / num_replicas)
         self.epoch, self.skip = 0, 0
 
@@ -183,13 +208,14 @@ class TrainSampler(Sampler):
     def __len__(self) -> int:
         return max(self.per_replica - self.skip, 0)
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
+    def __iter__(self) -> Iterator[tuple[int, ...]]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         order = torch.randperm(self.length, generator=generator).tolist()
         total = self.per_replica * self.num_replicas
         order += (order * math.ceil(total / self.length))[: total - self.length]
+        size = () if self.size_of_epoch is None else (self.size_of_epoch(self.epoch),)
         for position in range(self.rank + self.skip * self.num_replicas, total, self.num_replicas):
-            yield order[position], sample_seed(self.seed, self.epoch, position)
+            yield order[position], sample_seed(self.seed, self.epoch, position), *size
 
 
 def sample_seed(seed: int, epoch: int, position: int) -> int:
@@ -222,9 +248,18 @@ class Data:
 def build_data(args, world_size: int, rank: int, seed: int, batch_per_process: int, workers: int,
                pin_memory: bool) -> Data:
     """Datasets and loaders for ``args`` (ImageFolder under ``args.data``, or synthetic with ``--dummy``), in the
-    input pipeline ``args.input_pipeline`` (default ``pil``; ``uint8`` gives uint8 image batches)."""
+    input pipeline ``args.input_pipeline`` (default ``pil``; ``uint8`` gives uint8 image batches). Optional, off by
+    default: ``args.auto_augment``, ``ra_magnitude``, ``augmix_severity``, ``random_erase`` (``presets.TrainTransform``)
+    and ``args.train_size_schedule`` (``presets.train_size_schedule``; training crops of ``args.train_crop_size``
+    without it)."""
     pipeline = getattr(args, "input_pipeline", "pil")
-    train_tf = presets.train_transform(args.train_crop_size, pipeline)
+    train_tf = presets.train_transform(args.train_crop_size, pipeline,
+                                       auto_augment=getattr(args, "auto_augment", None),
+                                       ra_magnitude=getattr(args, "ra_magnitude", 9),
+                                       augmix_severity=getattr(args, "augmix_severity", 3),
+                                       random_erase=getattr(args, "random_erase", 0.0))
+    size_spec = getattr(args, "train_size_schedule", None)
+    size_of_epoch = presets.train_size_schedule(size_spec) if size_spec else None
     val_tf = presets.eval_transform(args.val_resize_size, args.val_crop_size, pipeline)
     loader = image_loader(pipeline)
     if args.dummy:
@@ -244,7 +279,7 @@ def build_data(args, world_size: int, rank: int, seed: int, batch_per_process: i
     skip_bad = getattr(args, "skip_bad_images", False)
     train_loader = None
     if train_set is not None:
-        sampler = TrainSampler(len(train_set), world_size, rank, seed)
+        sampler = TrainSampler(len(train_set), world_size, rank, seed, size_of_epoch)
         # a last batch of one image would stop BatchNorm ("more than 1 value per channel"): leave it out
         drop_last = sampler.per_replica % batch_per_process == 1
         train_loader = DataLoader(SeededSamples(train_set, skip_bad), sampler=sampler, drop_last=drop_last,

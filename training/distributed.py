@@ -75,9 +75,18 @@ def init_process_group(ctx: Context, backend: str | None, init_method: str, time
     if ctx.device.type == "cuda":
         torch.cuda.set_device(ctx.device)
     backend = backend or ("nccl" if ctx.device.type == "cuda" else "gloo")
+    timeout = timedelta(minutes=timeout_min)
+    device_id = ctx.device if ctx.device.type == "cuda" else None
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if init_method == "env://" and restart is not None:
+        # torchrun's store outlives its workers: keys of a restart's processes under their own prefix, or gloo's
+        # connection set-up may read the dead processes' addresses (and fail or hang)
+        store, _, _ = next(dist.rendezvous(init_method, timeout=timeout))
+        dist.init_process_group(backend=backend, store=dist.PrefixStore(f"restart{restart}", store),
+                                world_size=ctx.world_size, rank=ctx.rank, timeout=timeout, device_id=device_id)
+        return
     dist.init_process_group(backend=backend, init_method=init_method, world_size=ctx.world_size,
-                            rank=ctx.rank, timeout=timedelta(minutes=timeout_min),
-                            device_id=ctx.device if ctx.device.type == "cuda" else None)
+                            rank=ctx.rank, timeout=timeout, device_id=device_id)
 
 
 def cleanup() -> None:
@@ -90,6 +99,15 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if dist.is_initialized():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def broadcast_object(value):
+    """Rank 0's ``value`` (any picklable object) on every process."""
+    if not dist.is_initialized():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def broadcast_int(value: int, device: torch.device) -> int:

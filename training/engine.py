@@ -7,10 +7,11 @@ interval (``synchronize``).
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -20,6 +21,7 @@ from . import distributed
 from .data import skipped_images
 from .errors import TrainingError
 from .metrics import RunLog, RunningSums, averages_of, progress_line, show_progress
+from .mixing import dominant_label
 from .optim import NonFiniteGuard, take_found_inf
 from .performance import to_device
 from .signals import StopRequest
@@ -38,37 +40,92 @@ class StepOptions:
     log_freq: int = 500  # a line in log.txt every N iterations
     max_bad_steps: int = 0  # steps per epoch with a NaN/inf loss before the run stops
     progress: bool = True  # tqdm bars (rank 0, on a terminal)
+    accum_steps: int = 1  # micro-batches per optimizer step (gradient accumulation)
+    mixer: Callable | None = None  # batch mixing (training.mixing.BatchMixer): soft targets
+    tta: bool = False  # evaluation: average the logits of each image and its mirror image
 
     @property
     def device(self) -> torch.device:
         return self.ctx.device
 
 
+@dataclass
+class IntervalCheckpoints:
+    """When training writes a resumable checkpoint inside an epoch: every ``minutes`` of training (the processes
+    agree at print intervals, on whether any of them is due) and every ``every_steps`` optimizer steps of the run
+    (a count every process knows); 0 turns either off. ``save`` writes the checkpoint (a collective)."""
+
+    save: Callable[[], None]
+    minutes: float = 0.0
+    every_steps: int = 0
+    last: float = field(default_factory=time.monotonic)
+
+    def time_due(self) -> bool:
+        return self.minutes > 0 and time.monotonic() - self.last >= 60.0 * self.minutes
+
+    def step_due(self, step: int) -> bool:
+        """``step``: steps of the run done so far."""
+        return self.every_steps > 0 and step % self.every_steps == 0
+
+    def write(self) -> None:
+        self.save()
+        self.last = time.monotonic()
+
+
 def train_step(model: nn.Module, images: Tensor, target: Tensor, state: TrainState, options: StepOptions,
                guard: NonFiniteGuard | None = None, step: int = 0) -> tuple[Tensor, Tensor]:
     """One optimisation step of ``model`` (``state.model``, or its DDP / compiled wrapper) with ``state``'s
     optimizer and gradient scaler; returns (output, loss) without reading anything back to the host. With a
-    ``guard``, a loss that is not finite is marked as step ``step``, and gradients that are not finite make no
-    update (see ``training.optim``)."""
-    with torch.autocast(images.device.type, dtype=options.amp_dtype, enabled=options.amp_dtype is not None):
-        output = model(images)
-        loss = options.criterion(output, target)
+    ``guard``, a loss that is not finite is marked as step ``step``, and a loss or gradients that are not finite
+    make no update and leave the buffers as they were (see ``training.optim``).
+
+    With ``options.accum_steps`` K > 1 the batch is cut into K equal micro-batches whose gradients add up (each
+    loss divided by K; under DDP the gradients are synchronised on the last one only), so the step is the
+    one the whole batch would give, except that BatchNorm normalises each micro-batch with its own statistics.
+    """
+    if guard is not None:
+        guard.save_buffers()
     state.optimizer.zero_grad(set_to_none=True)
-    state.scaler.scale(loss).backward()
+    if options.accum_steps == 1:
+        output, loss = _forward_backward(model, images, target, state, options)
+    else:
+        outputs, losses = [], []
+        micro_batches = list(zip(images.chunk(options.accum_steps), target.chunk(options.accum_steps)))
+        for index, (part, part_target) in enumerate(micro_batches):
+            last = index == len(micro_batches) - 1
+            no_sync = getattr(model, "no_sync", None)  # DDP (also through torch.compile's wrapper)
+            with no_sync() if no_sync is not None and not last else contextlib.nullcontext():
+                part_output, part_loss = _forward_backward(model, part, part_target, state, options,
+                                                           scale=1.0 / options.accum_steps)
+            outputs.append(part_output.detach())
+            losses.append(part_loss.detach())
+        output, loss = torch.cat(outputs), torch.stack(losses).mean()
     if guard is not None:
         guard.mark(loss, step)
         if not state.scaler.is_enabled():
-            guard.flag_nonfinite_gradients(model, state.optimizer)
+            guard.flag_nonfinite_gradients(model, state.optimizer, loss)
     state.scaler.step(state.optimizer)
     state.scaler.update()
+    if guard is not None:
+        guard.restore_buffers_if_skipped(state.optimizer)
     take_found_inf(state.optimizer)
     return output, loss
 
 
+def _forward_backward(model: nn.Module, images: Tensor, target: Tensor, state: TrainState, options: StepOptions,
+                      scale: float = 1.0) -> tuple[Tensor, Tensor]:
+    with torch.autocast(images.device.type, dtype=options.amp_dtype, enabled=options.amp_dtype is not None):
+        output = model(images)
+        loss = options.criterion(output, target)
+    state.scaler.scale(loss * scale if scale != 1.0 else loss).backward()
+    return output, loss
+
+
 def train_one_epoch(model: nn.Module, loader, state: TrainState, options: StepOptions, log: RunLog,
-                    stop: StopRequest) -> dict[str, Any]:
+                    stop: StopRequest, checkpoints: IntervalCheckpoints | None = None) -> dict[str, Any]:
     """Train epoch ``state.epoch`` from iteration ``state.iteration``, advancing ``state.iteration``; returns the
-    epoch's figures, or ``stopped`` when a stop was requested (``state.sums`` then holds the running sums)."""
+    epoch's figures, or ``stopped`` when a stop was requested (``state.sums`` then holds the running sums).
+    ``checkpoints`` saves where the epoch is at its intervals."""
     model.train()
     epoch, start = state.epoch, state.iteration
     loader.sampler.set_epoch(epoch, skip=start * loader.batch_size)
@@ -77,13 +134,20 @@ def train_one_epoch(model: nn.Module, loader, state: TrainState, options: StepOp
     lr = state.optimizer.param_groups[0]["lr"]
     bar = tqdm(total=total, initial=start, desc=f"Epoch {epoch}", dynamic_ncols=True,
                disable=not show_progress(options.ctx.is_main, not options.progress))
-    guard, bad_images, synced = NonFiniteGuard(options.device, total), 0, None
+    guard, bad_images, synced = NonFiniteGuard(options.device, total, state.model), 0, None
     images_seen, started = 0, time.perf_counter()
     for iteration, batch in enumerate(loader, start=start):
         bad_images += report_skipped(skipped_images(batch), log)
         images, target = to_device(batch[0], batch[1], options.device, options.memory_format)
         step_lr = state.optimizer.param_groups[0]["lr"]
-        output, loss = train_step(model, images, target, state, options, guard, iteration)
+        if options.mixer is not None:  # the loss takes the mixed labels, top-1/top-5 the dominant one
+            images, mixed = options.mixer(images, target, epoch, iteration, options.ctx.rank)
+            output, loss = train_step(model, images, mixed, state, options, guard, iteration)
+            target = dominant_label(mixed)
+        else:
+            output, loss = train_step(model, images, target, state, options, guard, iteration)
+        if state.ema is not None:
+            state.ema.maybe_update(state.model, iteration, epoch)
         state.scheduler.step()
         state.iteration = iteration + 1
         sums.update(torch.nan_to_num(loss.detach(), nan=0.0, posinf=0.0, neginf=0.0) * target.size(0), output, target)
@@ -92,7 +156,8 @@ def train_one_epoch(model: nn.Module, loader, state: TrainState, options: StepOp
 
         at_print = iteration % options.print_freq == 0 or iteration == total - 1
         if at_print:
-            synced = synchronize(sums, guard, iteration, stop.requested, bad_images, options.device)
+            synced = synchronize(sums, guard, iteration, stop.requested, bad_images, options.device,
+                                 checkpoints is not None and checkpoints.time_due())
             check_nonfinite(synced["nonfinite_steps"], epoch, options.max_bad_steps, log.run_dir)
         if at_print or iteration % options.log_freq == 0:
             averages = synced["averages"] if at_print else sums.averages()
@@ -108,6 +173,11 @@ def train_one_epoch(model: nn.Module, loader, state: TrainState, options: StepOp
             bar.close()
             state.sums = sums.state()
             return {"stopped": True}
+        if checkpoints is not None and state.iteration < total and (
+                checkpoints.step_due(epoch * state.iterations_per_epoch + state.iteration)
+                or (at_print and synced["checkpoint"])):  # the epoch's last step: its own checkpoint follows
+            state.sums = sums.state()
+            checkpoints.write()
     bar.close()
     elapsed = time.perf_counter() - started
     if synced is None:  # resumed after the epoch's last step
@@ -120,14 +190,15 @@ def train_one_epoch(model: nn.Module, loader, state: TrainState, options: StepOp
 
 
 def synchronize(sums: RunningSums, guard: NonFiniteGuard, step: int, stop_requested: bool, bad_images: int,
-                device: torch.device) -> dict[str, Any]:
+                device: torch.device, checkpoint_due: bool = False) -> dict[str, Any]:
     """What the processes agree on at a print interval, in one collective and one host read: the running
     averages over all processes, the epoch's non-finite steps so far (a step counts once however many processes
-    saw it), whether any process was asked to stop, and the images skipped so far."""
-    flags = sums.sums.new_tensor([float(stop_requested), float(bad_images)])
+    saw it), whether any process was asked to stop, the images skipped so far, and whether any process is due
+    to checkpoint."""
+    flags = sums.sums.new_tensor([float(stop_requested), float(bad_images), float(checkpoint_due)])
     values = distributed.all_reduce_sum(torch.cat([sums.packed(), flags, guard.pending(step)])).tolist()
     return {"averages": averages_of(values[:4]), "stop": values[4] > 0, "bad_images": int(values[5]),
-            "nonfinite_steps": guard.add_counted(step, values[6:])}
+            "checkpoint": values[6] > 0, "nonfinite_steps": guard.add_counted(step, values[7:])}
 
 
 def check_nonfinite(bad_steps: int, epoch: int, max_bad_steps: int, run_dir: str) -> None:
@@ -162,6 +233,8 @@ def evaluate(model: nn.Module, loader, options: StepOptions, log: RunLog) -> dic
         images, target = to_device(batch[0], batch[1], options.device, options.memory_format)
         with torch.autocast(options.device.type, dtype=options.amp_dtype, enabled=options.amp_dtype is not None):
             output = model(images)
+            if options.tta:  # flip test-time augmentation: the mean of the two logits
+                output = (output.float() + model(images.flip(-1)).float()) / 2
         output = output.float()
         sums.update(criterion(output, target), output, target)
     packed = distributed.all_reduce_sum(torch.cat([sums.packed(), sums.sums.new_tensor([bad_images])])).tolist()

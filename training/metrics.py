@@ -17,10 +17,13 @@ TENSORBOARD_TAGS = {
     "train_loss": "train/loss", "train_top1": "train/top1", "train_top5": "train/top5", "lr": "train/lr",
     "images_per_s": "train/img_per_s", "val_loss": "val/loss", "val_top1": "val/top1", "val_top5": "val/top5",
 }
+# ... and with --model-ema, the average's
+EMA_TENSORBOARD_TAGS = {"val_loss_ema": "val_ema/loss", "val_top1_ema": "val_ema/top1", "val_top5_ema": "val_ema/top5"}
 
 # The keys of the evaluation JSON that ``main_imagenet.py -e`` writes (``report_evaluation``)
 EVAL_JSON_KEYS = ("arch", "attention_type", "attention_param", "checkpoint", "epoch", "top1", "top5", "loss",
-                  "n_images", "bad_images", "params_m", "gflops", "val_resize_size", "val_crop_size", "data")
+                  "n_images", "bad_images", "params_m", "gflops", "val_resize_size", "val_crop_size", "data",
+                  "tta", "weights")
 
 
 def correct_counts(output: torch.Tensor, target: torch.Tensor, topk: tuple[int, ...] = (1, 5)) -> list[torch.Tensor]:
@@ -110,7 +113,7 @@ class RunLog:
             f.write(json.dumps(record) + "\n")
         if self._tb is not None:
             step = record["epoch"]
-            for key, tag in TENSORBOARD_TAGS.items():
+            for key, tag in {**TENSORBOARD_TAGS, **EMA_TENSORBOARD_TAGS}.items():
                 if record.get(key) is not None:
                     self._tb.add_scalar(tag, record[key], step)
             self._tb.flush()

@@ -1,10 +1,11 @@
 """The release's SGD as one fused kernel, restoring saved optimizer states, and skipping non-finite steps.
 
 The fused SGD kernel and ``NonFiniteGuard`` agree on one handshake, kept here: before ``optimizer.step()`` the
-guard sets ``optimizer.found_inf`` to a one-element device tensor that is 1 when this step's gradients are not
-finite, and the kernel then leaves the weights and momentum as they were. It is the flag ``GradScaler`` itself
-hands the optimizer under fp16 (where the guard leaves the job to the scaler); nothing is read on the host.
-``take_found_inf`` removes the flag after the step, so a later step without a guard does not see a stale one.
+guard sets ``optimizer.found_inf`` to a one-element device tensor that is 1 when this step's loss or gradients are
+not finite, and the kernel then leaves the weights and momentum as they were. It is the flag ``GradScaler`` itself
+hands the optimizer under fp16 (where the guard leaves the job to the scaler); nothing is read on the host. After
+the step the guard puts back the buffers (BatchNorm statistics) that the skipped step's forward pass moved, and
+``take_found_inf`` removes the flag, so a later step without a guard does not see a stale one.
 """
 
 from __future__ import annotations
@@ -19,22 +20,76 @@ from torch import Tensor, nn
 _IMPLEMENTATION_OPTIONS = ("fused", "foreach", "differentiable", "capturable")
 
 
-def build_optimizer(model: nn.Module, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
+# Modules whose parameters take ``norm_weight_decay``, as torchvision's references ``set_weight_decay``.
+NORM_CLASSES: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm,
+    nn.LocalResponseNorm, nn.RMSNorm,
+)
+
+
+def build_optimizer(model: nn.Module, lr: float, momentum: float, weight_decay: float, nesterov: bool = False,
+                    norm_weight_decay: float | None = None, bias_weight_decay: float | None = None) -> torch.optim.SGD:
     """The release's SGD, as one fused kernel that takes an overflow flag on the device. Momentum buffers start
     at zero, which is SGD's first step exactly (buffer = gradient) and keeps a skipped first step from leaving
-    them uninitialised."""
-    optimizer = torch.optim.SGD(model.parameters(), lr, momentum=momentum, weight_decay=weight_decay, fused=True)
+    them uninitialised.
+
+    ``norm_weight_decay`` and ``bias_weight_decay`` (None: ``weight_decay``) make parameter groups as
+    ``weight_decay_groups`` does; with both None the model's parameters form one group, as in the release.
+    """
+    if norm_weight_decay is None and bias_weight_decay is None:
+        params: Any = model.parameters()
+    else:
+        params = weight_decay_groups(model, weight_decay, norm_weight_decay, bias_weight_decay)
+    optimizer = torch.optim.SGD(params, lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov,
+                                fused=True)
     _match_parameters(optimizer)
     return optimizer
+
+
+def weight_decay_groups(model: nn.Module, weight_decay: float, norm_weight_decay: float | None = None,
+                        bias_weight_decay: float | None = None) -> list[dict[str, Any]]:
+    """SGD parameter groups with torchvision's ``set_weight_decay`` semantics: a parameter named ``bias`` takes
+    ``bias_weight_decay``, any other parameter of a ``NORM_CLASSES`` module ``norm_weight_decay``, the rest
+    ``weight_decay`` (None: ``weight_decay``).
+
+    Groups of equal decay are merged; groups come in the order other, norm, bias (a merged one where its first
+    kind comes), parameters in the order of ``model.parameters()``, empty groups are left out. Unlike
+    torchvision, frozen parameters are kept (the groups hold every parameter, as the one group does).
+    """
+    decay_of = {"other": weight_decay,
+                "norm": weight_decay if norm_weight_decay is None else norm_weight_decay,
+                "bias": weight_decay if bias_weight_decay is None else bias_weight_decay}
+    params: dict[float, list[nn.Parameter]] = {decay: [] for decay in decay_of.values()}  # first kind first
+    seen: set[int] = set()
+    for module in model.modules():
+        for name, parameter in module.named_parameters(recurse=False):
+            if id(parameter) in seen:  # shared: its first module decides, as model.parameters() lists it once
+                continue
+            seen.add(id(parameter))
+            if name == "bias" and bias_weight_decay is not None:
+                kind = "bias"
+            elif isinstance(module, NORM_CLASSES) and norm_weight_decay is not None:
+                kind = "norm"
+            else:
+                kind = "other"
+            params[decay_of[kind]].append(parameter)
+    return [{"params": group, "weight_decay": decay} for decay, group in params.items() if group]
 
 
 def load_optimizer_state(optimizer: torch.optim.SGD, saved: Mapping[str, Any]) -> None:
     """Restore a saved SGD state (ours or the release's) into ``optimizer``.
 
-    The hyper-parameters and momentum come from ``saved``; how the step runs (fused) stays ours; momentum
-    buffers take each parameter's memory layout (a run saved contiguous may continue channels_last, and the
-    reverse: the fused kernel assumes a buffer laid out as its parameter), and a missing buffer starts at zero.
+    The hyper-parameters (each group's lr, momentum, weight decay, nesterov) and momentum come from ``saved``;
+    how the step runs (fused) stays ours; momentum buffers take each parameter's memory layout (a run saved
+    contiguous may continue channels_last, and the reverse: the fused kernel assumes a buffer laid out as its
+    parameter), and a missing buffer starts at zero. A state whose parameter groups differ in number or size
+    from the optimizer's raises ``ValueError``.
     """
+    saved_sizes = [len(group["params"]) for group in saved["param_groups"]]
+    sizes = [len(group["params"]) for group in optimizer.param_groups]
+    if saved_sizes != sizes:
+        raise ValueError(f"the saved optimizer state has {_groups(saved_sizes)}, this optimizer {_groups(sizes)} "
+                         "(the weight-decay parameter groups must be those of the run that saved it)")
     ours = [{key: group[key] for key in _IMPLEMENTATION_OPTIONS if key in group} for group in optimizer.param_groups]
     optimizer.load_state_dict(saved)
     for group, options in zip(optimizer.param_groups, ours):
@@ -42,6 +97,11 @@ def load_optimizer_state(optimizer: torch.optim.SGD, saved: Mapping[str, Any]) -
             group.pop(key, None)
         group.update(options)
     _match_parameters(optimizer)
+
+
+def _groups(sizes: list[int]) -> str:
+    """``sizes`` (parameters per group) in words: '1 parameter group (161 parameters)'."""
+    return f"{len(sizes)} parameter group{'s' if len(sizes) != 1 else ''} ({' + '.join(map(str, sizes))} parameters)"
 
 
 def _match_parameters(optimizer: torch.optim.SGD) -> None:
@@ -59,30 +119,49 @@ def _match_parameters(optimizer: torch.optim.SGD) -> None:
 
 
 class NonFiniteGuard:
-    """Marks the training steps of an epoch whose loss is NaN/inf and skips the updates of steps whose gradients
-    are not finite, all on the device.
+    """Marks the training steps of an epoch whose loss is NaN/inf and skips the steps whose loss or gradients are
+    not finite, all on the device: no update of the weights or momentum, and ``model``'s buffers (BatchNorm running
+    statistics and counts) as they were before the step.
 
     ``steps`` is the number of steps in the epoch; ``pending()`` hands the marks not yet counted to a
     synchronisation point (which adds them over processes: a step counts once however many processes saw it),
     and ``add_counted(n)`` records the result.
     """
 
-    def __init__(self, device: torch.device, steps: int) -> None:
+    def __init__(self, device: torch.device, steps: int, model: nn.Module | None = None) -> None:
         self.marks = torch.zeros(steps, dtype=torch.float64, device=device)
         self.counted_until, self.bad_steps = 0, 0
         self._found_inf = torch.zeros(1, device=device)
         self._one = torch.ones(1, device=device)
+        self._buffers = [buffer for buffer in model.buffers()] if model is not None else []
+        self._saved = [torch.empty_like(buffer) for buffer in self._buffers]
+
+    def save_buffers(self) -> None:
+        """Before the step's forward pass: keep the buffers it will move (a few kilobytes for these networks)."""
+        if self._buffers:
+            torch._foreach_copy_(self._saved, self._buffers)
 
     def mark(self, loss: Tensor, step: int) -> None:
         self.marks[step] = (~torch.isfinite(loss.detach())).to(self.marks.dtype)
 
-    def flag_nonfinite_gradients(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        """Give ``optimizer`` (fused SGD) the overflow flag of this step's gradients, so it skips the update."""
+    def flag_nonfinite_gradients(self, model: nn.Module, optimizer: torch.optim.Optimizer, loss: Tensor) -> None:
+        """Give ``optimizer`` (fused SGD) the flag of this step's loss and gradients, so it skips the update."""
         grads = [p.grad for p in model.parameters() if p.grad is not None]
-        self._found_inf.zero_()
+        self._found_inf.copy_(~torch.isfinite(loss.detach().reshape(1)))
         if grads:  # the check GradScaler makes, with a unit scale
             torch._amp_foreach_non_finite_check_and_unscale_(grads, self._found_inf, self._one)
         optimizer.found_inf = self._found_inf
+
+    def restore_buffers_if_skipped(self, optimizer: torch.optim.Optimizer) -> None:
+        """After ``optimizer.step()``: where the step was skipped (its ``found_inf``, ours or the scaler's), the
+        buffers saved by ``save_buffers`` come back, bit for bit (a select, never arithmetic, as the moved values
+        may be NaN); otherwise they stay. On the device, without a host sync."""
+        found_inf = getattr(optimizer, "found_inf", None)
+        if found_inf is None or not self._buffers:
+            return
+        skipped = found_inf.reshape(()) > 0
+        for buffer, saved in zip(self._buffers, self._saved):
+            torch.where(skipped, saved, buffer, out=buffer)
 
     def pending(self, step: int) -> Tensor:
         """The marks of the steps after the last count, up to and including ``step``."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .presets import PIPELINES as INPUT_PIPELINES
 from .presets import normalize_on_device
@@ -44,3 +46,9 @@ def to_device(images: Tensor, target: Tensor, device: torch.device,
     if images.dtype == torch.uint8:
         return normalize_on_device(images.to(device, non_blocking=True), memory_format), target
     return images.to(device, non_blocking=True, memory_format=memory_format), target
+
+
+def compile_model(model: nn.Module, backend: str | Callable = "inductor") -> nn.Module:
+    """``torch.compile`` with static shapes: a smaller last batch, and each size of a ``--train-size-schedule``,
+    is one more graph, compiled on its first use and reused after (shapes never become dynamic)."""
+    return torch.compile(model, dynamic=False, backend=backend)

@@ -6,20 +6,35 @@ Two input pipelines, chosen by name (``PIPELINES``):
 * ``uint8``: the same crops and flips, drawn from torch's RNG in the same order, computed on uint8 tensors
   (``data.load_uint8`` decodes JPEGs with ``torchvision.io.decode_jpeg``) and returned as contiguous uint8 CHW
   tensors; ``normalize_on_device`` turns a batch of them into the ``pil`` pipeline's floats on the device.
+
+Opt-in training augmentation, in both pipelines, after the crop and flip (whose draws stay the same): an augment
+policy (``AUTO_AUGMENT_POLICIES``, torchvision's v2 transforms, on the PIL image or on the uint8 tensor) and random
+erasing (on the normalised tensor with value 0 for ``pil``; with the ImageNet mean colour ``UINT8_MEAN`` on the uint8
+tensor, which ``normalize_on_device`` turns into ~0, the same meaning). Every draw comes from torch's global RNG, so
+under ``data.SeededSamples`` it is a function of the per-sample seed. ``train_size_schedule`` gives progressive
+resizing: a training crop size per epoch.
 """
 
 from __future__ import annotations
 
 import functools
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Callable
 
 import torch
 from torch import Tensor
 from torchvision import transforms
+from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F2
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+UINT8_MEAN = tuple(round(mean * 255) for mean in IMAGENET_MEAN)  # (124, 116, 104): normalises to within 0.01 of 0
 PIPELINES = ("pil", "uint8")
+AUTO_AUGMENT_POLICIES = ("ra", "ta_wide", "augmix", "imagenet")
+SIZE_MULTIPLE = 32
 
 
 def check_pipeline(pipeline: str) -> None:
@@ -57,17 +72,112 @@ class ResizeCenterCrop:
         return F2.center_crop(image, [self.crop_size, self.crop_size]).contiguous()
 
 
-def train_transform(crop_size: int = 224, pipeline: str = "pil") -> transforms.Compose | RandomResizedCropFlip:
-    """RandomResizedCrop (scale 0.08-1, ratio 3/4-4/3) + horizontal flip (+ normalise for ``pil``)."""
-    check_pipeline(pipeline)
-    if pipeline == "uint8":
-        return RandomResizedCropFlip(crop_size)
-    return transforms.Compose([
-        transforms.RandomResizedCrop(crop_size),
-        transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(),
-        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
+def augment_policy(name: str, ra_magnitude: int = 9, augmix_severity: int = 3) -> v2.Transform:
+    """torchvision's v2 policy named ``name`` (``AUTO_AUGMENT_POLICIES``): RandAugment, TrivialAugmentWide, AugMix or
+    AutoAugment's IMAGENET policy, with bilinear interpolation as in torchvision's classification references."""
+    bilinear = v2.InterpolationMode.BILINEAR
+    if name == "ra":
+        if not 0 <= ra_magnitude <= 30:
+            raise ValueError(f"RandAugment magnitude must be in 0..30, not {ra_magnitude}")
+        return v2.RandAugment(magnitude=ra_magnitude, interpolation=bilinear)
+    if name == "ta_wide":
+        return v2.TrivialAugmentWide(interpolation=bilinear)
+    if name == "augmix":
+        if not 1 <= augmix_severity <= 10:
+            raise ValueError(f"AugMix severity must be in 1..10, not {augmix_severity}")
+        return v2.AugMix(severity=augmix_severity, interpolation=bilinear)
+    if name == "imagenet":
+        return v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET, interpolation=bilinear)
+    raise ValueError(f"unknown augment policy {name!r}; valid choices: {', '.join(AUTO_AUGMENT_POLICIES)}")
+
+
+def _contiguous(image: Tensor) -> Tensor:
+    return image.contiguous()
+
+
+class TrainTransform:
+    """The training transform: RandomResizedCrop (scale 0.08-1, ratio 3/4-4/3) + horizontal flip, then the optional
+    augment policy, (for ``pil``) ToTensor + Normalize, then optional random erasing with probability
+    ``random_erase``. ``transform(image)`` crops ``crop_size``; ``transform(image, size)`` crops ``size`` (a size
+    schedule), with the same draws."""
+
+    def __init__(self, crop_size: int = 224, pipeline: str = "pil", auto_augment: str | None = None,
+                 ra_magnitude: int = 9, augmix_severity: int = 3, random_erase: float = 0.0) -> None:
+        check_pipeline(pipeline)
+        if not 0.0 <= random_erase <= 1.0:
+            raise ValueError(f"random erasing probability must be in [0, 1], not {random_erase}")
+        self.crop_size, self.pipeline = crop_size, pipeline
+        self.policy = None if auto_augment is None else augment_policy(auto_augment, ra_magnitude, augmix_severity)
+        erase_value = UINT8_MEAN if pipeline == "uint8" else 0.0
+        self.erasing = v2.RandomErasing(random_erase, value=erase_value) if random_erase > 0 else None
+        self._at_size: dict[int, Callable] = {}
+
+    def at_size(self, size: int) -> Callable:
+        """The transform that crops ``size`` x ``size`` (made once per size)."""
+        if size not in self._at_size:
+            self._at_size[size] = self._make(size)
+        return self._at_size[size]
+
+    def _make(self, size: int) -> Callable:
+        extras = [step for step in (self.policy, self.erasing) if step is not None]
+        if self.pipeline == "uint8":
+            if not extras:
+                return RandomResizedCropFlip(size)
+            return transforms.Compose([RandomResizedCropFlip(size), *extras, _contiguous])
+        steps = [transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip()]
+        if self.policy is not None:
+            steps.append(self.policy)
+        steps += [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+        if self.erasing is not None:
+            steps.append(self.erasing)
+        return transforms.Compose(steps)
+
+    def __call__(self, image, size: int | None = None) -> Tensor:
+        return self.at_size(self.crop_size if size is None else size)(image)
+
+
+def train_transform(crop_size: int = 224, pipeline: str = "pil", *, auto_augment: str | None = None,
+                    ra_magnitude: int = 9, augmix_severity: int = 3, random_erase: float = 0.0) -> TrainTransform:
+    """RandomResizedCrop (scale 0.08-1, ratio 3/4-4/3) + horizontal flip (+ normalise for ``pil``), then the optional
+    augment policy and random erasing (``TrainTransform``)."""
+    return TrainTransform(crop_size, pipeline, auto_augment, ra_magnitude, augmix_severity, random_erase)
+
+
+@dataclass(frozen=True)
+class SizeSchedule:
+    """Progressive resizing: the training crop size of an epoch (0-based). ``end`` from ``to_epoch`` on, else
+    ``start`` up to ``from_epoch``; in between the linear interpolation, rounded to the nearest multiple of 32 (ties
+    up, exact arithmetic; FFCV's ``np.round`` ties to even) and kept within [min(start, end), max(start, end)]."""
+
+    start: int
+    end: int
+    from_epoch: int
+    to_epoch: int
+
+    def __call__(self, epoch: int) -> int:
+        if epoch >= self.to_epoch:
+            return self.end
+        if epoch <= self.from_epoch:
+            return self.start
+        progress = Fraction(epoch - self.from_epoch, self.to_epoch - self.from_epoch)
+        size = self.start + (self.end - self.start) * progress
+        rounded = SIZE_MULTIPLE * math.floor(size / SIZE_MULTIPLE + Fraction(1, 2))
+        return min(max(rounded, min(self.start, self.end)), max(self.start, self.end))
+
+
+def train_size_schedule(spec: str) -> SizeSchedule:
+    """Parse ``START:END:FROM_EPOCH:TO_EPOCH`` (e.g. ``160:192:0:16``) into the ``SizeSchedule`` epoch -> crop
+    size; a malformed spec raises ``ValueError`` with a one-line message naming the expected form."""
+    expected = ("expected START:END:FROM_EPOCH:TO_EPOCH (integers, sizes > 0, 0 <= FROM_EPOCH <= TO_EPOCH), "
+                "e.g. 160:192:0:16")
+    fields = spec.split(":")
+    try:
+        start, end, from_epoch, to_epoch = (int(field) for field in fields)
+    except ValueError:
+        raise ValueError(f"train size schedule {spec!r}: {expected}") from None
+    if start <= 0 or end <= 0 or not 0 <= from_epoch <= to_epoch:
+        raise ValueError(f"train size schedule {spec!r}: {expected}")
+    return SizeSchedule(start, end, from_epoch, to_epoch)
 
 
 def eval_transform(resize_size: int = 256, crop_size: int = 224,

@@ -4,8 +4,9 @@
 The file format: the release's fields (``epoch``, ``arch``, ``state_dict``, ``best_acc``, ``optimizer``) plus what
 an exact resumption needs (``format``, ``iteration``, ``iterations_per_epoch``, ``scheduler``, ``scaler``,
 ``attention_type``, ``attention_param``, ``num_classes``, ``classes``, ``seed``, ``sums``, ``args``, ``rng``,
-``rng_per_rank``, ``torch_version``). ``epoch`` counts completed epochs; ``iteration`` > 0 marks a run stopped
-inside epoch ``epoch``.
+``rng_per_rank``, ``torch_version``), and with ``--model-ema`` the average as ``model_ema`` (torchvision's key) and
+which of the two made ``best_acc`` as ``best_of``. ``epoch`` counts completed epochs; ``iteration`` > 0 marks a run
+stopped inside epoch ``epoch``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import networks
 
 from . import distributed
 from .checkpoint import load_weights, restore_rng, rng_of_process, weights_of
+from .ema import ExponentialMovingAverage, ema_state, load_ema_state
 from .errors import UserError, one_line
 from .optim import load_optimizer_state
 
@@ -86,8 +88,9 @@ class LoadedCheckpoint:
 @dataclass
 class TrainState:
     """What training carries from step to step and a checkpoint saves: the model (unwrapped), its optimizer,
-    schedule (stepped per iteration) and gradient scaler, and the position: ``epoch`` (completed epochs),
-    ``iteration`` inside it, the running ``sums`` of a stopped epoch, and the best validation top-1."""
+    schedule (stepped per iteration) and gradient scaler, the weights' moving average (``--model-ema``) and the
+    position: ``epoch`` (completed epochs), ``iteration`` inside it, the running ``sums`` of a stopped epoch, and the
+    best validation top-1 (``best_of``: of the model or of its average)."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
@@ -98,11 +101,13 @@ class TrainState:
     iteration: int = 0
     best_acc: float = 0.0
     sums: list[float] | None = None
+    ema: ExponentialMovingAverage | None = None
+    best_of: str = "model"
 
     def to_checkpoint(self, spec: RunSpec, classes: list[str], recipe: dict[str, Any],
                       rng_per_rank: list[dict[str, Any]]) -> dict[str, Any]:
         """The checkpoint dict (the format in the module docstring); ``rng_per_rank`` from every process."""
-        return {
+        saved = {
             "format": CHECKPOINT_FORMAT,
             "epoch": self.epoch, "arch": spec.arch, "state_dict": self.model.state_dict(), "best_acc": self.best_acc,
             "optimizer": self.optimizer.state_dict(),
@@ -114,6 +119,9 @@ class TrainState:
             "args": recipe, "rng": rng_per_rank[0], "rng_per_rank": rng_per_rank,
             "torch_version": str(torch.__version__),
         }
+        if self.ema is not None:
+            saved.update(model_ema=ema_state(self.ema), best_of=self.best_of)
+        return saved
 
     def load_checkpoint(self, checkpoint: LoadedCheckpoint, spec: RunSpec, num_classes: int,
                         ctx: distributed.Context) -> None:
@@ -130,6 +138,8 @@ class TrainState:
         try:
             if "optimizer" in saved:
                 load_optimizer_state(self.optimizer, saved["optimizer"])
+            if self.ema is not None:  # a file saved without an average starts one from its weights
+                load_ema_state(self.ema, saved.get("model_ema") if checkpoint.ours else None, self.model)
             if checkpoint.ours:
                 self.scheduler.load_state_dict(saved["scheduler"])
                 if saved["scaler"]:  # empty when saved without fp16: a new scaler starts (and the reverse is ignored)
@@ -148,3 +158,4 @@ class TrainState:
                             "processes")
         self.epoch, self.iteration = int(saved["epoch"]), iteration
         self.best_acc, self.sums = float(saved.get("best_acc", 0.0)), saved.get("sums")
+        self.best_of = saved.get("best_of", "model")

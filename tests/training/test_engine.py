@@ -1,5 +1,6 @@
 """The loops: a step and an evaluation against plain PyTorch, no host reads inside steps, no GPU synchronisation."""
 
+import contextlib
 import copy
 
 import pytest
@@ -98,3 +99,82 @@ def test_evaluate_equals_a_plain_loop(tmp_path):
     assert result["top1"] == pytest.approx(100 * (ranked[:, 0] == target).float().mean().item())
     assert result["top5"] == pytest.approx(100 * (ranked[:, :5] == target[:, None]).any(1).float().mean().item())
     assert result["loss"] == pytest.approx(nn.functional.cross_entropy(logits, target).item(), rel=1e-6)
+
+
+class NoSyncCounter(nn.Module):
+    """A network without BatchNorm that records DDP-style ``no_sync`` use: gradient synchronisation skipped."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+        self.unsynced_backwards = 0
+        self._in_no_sync = False
+
+    def forward(self, x):
+        if self._in_no_sync:
+            self.unsynced_backwards += 1
+        return self.net(x)
+
+    @contextlib.contextmanager
+    def no_sync(self):
+        self._in_no_sync = True
+        try:
+            yield
+        finally:
+            self._in_no_sync = False
+
+
+@pytest.mark.parametrize("soft_targets", [False, True])
+def test_k_micro_steps_equal_one_big_step_on_a_network_without_batchnorm(soft_targets):
+    torch.manual_seed(0)
+    model = NoSyncCounter()
+    big = copy.deepcopy(model)
+    accumulated_state, big_state = state_for(model), state_for(big)
+    accumulated = StepOptions(Context(torch.device("cpu")), accum_steps=4)
+    plain = StepOptions(Context(torch.device("cpu")))
+    for _ in range(3):
+        x = torch.randn(16, 3, 8, 8)
+        y = torch.softmax(torch.randn(16, 3), 1) if soft_targets else torch.randint(0, 3, (16,))
+        output, loss = train_step(model, x, y, accumulated_state, accumulated)
+        big_output, big_loss = train_step(big, x, y, big_state, plain)
+        torch.testing.assert_close(loss, big_loss, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(output, big_output.detach(), rtol=1e-6, atol=1e-7)
+    for ours, theirs in zip(model.parameters(), big.parameters()):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-7)
+    assert model.unsynced_backwards == 3 * 3  # K - 1 of the K micro-batches of each step skip the gradient sync
+    assert big.unsynced_backwards == 0
+
+
+def test_flip_tta_is_the_mean_of_the_two_logits(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 5, 3), nn.Flatten(), nn.LazyLinear(4)).eval()
+    batches = [(torch.randn(3, 3, 6, 6), torch.randint(0, 4, (3,))) for _ in range(2)]
+    model(batches[0][0])
+    options = StepOptions(Context(torch.device("cpu")), progress=False, tta=True)
+    result = evaluate(model, batches, options, RunLog(str(tmp_path), enabled=False))
+    with torch.no_grad():
+        logits = torch.cat([(model(x) + model(torch.flip(x, dims=[3]))) / 2 for x, _ in batches])
+        single = torch.cat([model(x) for x, _ in batches])
+    target = torch.cat([y for _, y in batches])
+    assert result["loss"] == pytest.approx(nn.functional.cross_entropy(logits, target).item(), rel=1e-6)
+    assert result["loss"] != pytest.approx(nn.functional.cross_entropy(single, target).item(), rel=1e-6)
+
+
+def test_the_sizes_of_a_size_schedule_compile_once_each():
+    """``--compile`` compiles with ``dynamic=False`` (training.performance.compile_model): each training size is
+    one graph, compiled on its first use and reused when it comes back."""
+    from training.performance import compile_model
+
+    graphs = []
+
+    def counting_backend(graph_module, example_inputs):
+        graphs.append(tuple(example_inputs[0].shape) if example_inputs else ())
+        return graph_module.forward
+
+    torch._dynamo.reset()
+    model = compile_model(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()),
+                          backend=counting_backend)
+    for size in (32, 32, 64, 64, 96, 32, 64, 96, 96):  # epochs of a schedule, then a resumed run's sizes again
+        model(torch.randn(2, 3, size, size))
+    assert len(graphs) == 3
+    torch._dynamo.reset()

@@ -1,7 +1,9 @@
 """The fused SGD against torch's plain SGD: a restored state (the release's, or another layout's) continues exactly,
-and a step flagged non-finite leaves weights and momentum untouched."""
+a step flagged non-finite leaves weights and momentum untouched, nesterov and the weight-decay parameter groups
+compute what torch's plain SGD does."""
 
 import copy
+import importlib
 
 import pytest
 import torch
@@ -9,7 +11,7 @@ from torch import nn
 
 import networks
 from helpers import release_sgd_state
-from training.optim import NonFiniteGuard, build_optimizer, load_optimizer_state
+from training.optim import NonFiniteGuard, build_optimizer, load_optimizer_state, weight_decay_groups
 
 
 def reference_step(model: nn.Module, saved: dict, grads: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -65,8 +67,183 @@ def test_skipped_step_leaves_weights_and_momentum_untouched():
     assert all(torch.equal(a, optimizer.state[p]["momentum_buffer"]) for a, p in zip(momentum, model.parameters()))
 
 
+@pytest.mark.parametrize("nonfinite", ["loss", "gradients"])
+def test_a_skipped_step_leaves_weights_every_buffer_and_momentum_bitwise_unchanged(nonfinite):
+    """A network with BatchNorm: the skipped step's forward pass moved the running statistics and the count; the
+    guard puts them back, and the next good step continues from there."""
+    from training.distributed import Context
+    from training.engine import StepOptions, train_step
+    from training.state import TrainState
+
+    model = networks.create_net("resnet18", "simam", num_classes=3)
+    optimizer = build_optimizer(model, lr=0.1, momentum=0.9, weight_decay=1e-4)
+    state = TrainState(model, optimizer, scheduler=None, scaler=torch.amp.GradScaler("cpu", enabled=False),
+                       iterations_per_epoch=3)
+    options = StepOptions(Context(torch.device("cpu")))
+    guard = NonFiniteGuard(torch.device("cpu"), steps=3, model=model)
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
+    train_step(model, x, y, state, options, guard, 0)
+    before = copy.deepcopy(model.state_dict())
+    momentum = [optimizer.state[p]["momentum_buffer"].clone() for p in model.parameters()]
+    if nonfinite == "loss":  # a NaN image: NaN activations, running statistics and loss
+        bad = x.clone()
+        bad[0, 0, 0, 0] = float("nan")
+        train_step(model, bad, y, state, options, guard, 1)
+    else:  # a finite forward pass whose gradients overflow
+        hook = model.fc.weight.register_hook(lambda grad: grad * float("inf"))
+        train_step(model, x, y, state, options, guard, 1)
+        hook.remove()
+    after = model.state_dict()
+    moved = copy.deepcopy(model).train()
+    moved(bad if nonfinite == "loss" else x)  # what that forward pass alone does to the statistics
+    assert not torch.equal(moved.bn1.running_var, before["bn1.running_var"])
+    for key, value in before.items():  # weights, running mean/var and num_batches_tracked of every BN
+        assert torch.equal(value, after[key]), key
+    assert all(torch.equal(a, optimizer.state[p]["momentum_buffer"]) for a, p in zip(momentum, model.parameters()))
+    assert guard.add_counted(1, guard.pending(1).tolist()) == (1 if nonfinite == "loss" else 0)
+
+    # the next good step is the one an uninterrupted model takes from the same state
+    reference = copy.deepcopy(model)
+    reference_optimizer = build_optimizer(reference, lr=0.1, momentum=0.9, weight_decay=1e-4)
+    reference_optimizer.load_state_dict(copy.deepcopy(optimizer.state_dict()))  # not aliasing the buffers
+    train_step(model, x, y, state, options, guard, 2)
+    reference_state = TrainState(reference, reference_optimizer, scheduler=None,
+                                 scaler=torch.amp.GradScaler("cpu", enabled=False), iterations_per_epoch=3)
+    train_step(reference, x, y, reference_state, options)
+    for (key, a), b in zip(model.state_dict().items(), reference.state_dict().values()):
+        assert torch.equal(a, b), key
+
+
 def test_a_step_marked_by_several_processes_counts_once():
     guard = NonFiniteGuard(torch.device("cpu"), steps=6)
     assert guard.add_counted(2, [2.0, 0.0, 1.0]) == 2  # marks of steps 0-2 summed over processes
     assert guard.pending(5).numel() == 3  # only steps 3-5 are left to count
     assert guard.add_counted(5, [0.0, 0.0, 2.0]) == 3
+
+
+class NormsAndBiases(nn.Module):
+    """Every kind of parameter: convolutions with and without bias, several norms, a shared linear layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, bias=False)
+        self.bn = nn.BatchNorm2d(4)
+        self.gn = nn.GroupNorm(2, 4)
+        self.block = nn.Sequential(nn.Conv2d(4, 4, 1), nn.InstanceNorm2d(4, affine=True), nn.ReLU())
+        self.ln = nn.LayerNorm(4)
+        self.fc = nn.Linear(4, 5)
+        self.head = self.fc  # shared: listed once
+
+    def forward(self, x):
+        x = self.block(self.gn(self.bn(self.conv(x))))
+        return self.head(self.ln(x.mean((2, 3))))
+
+
+def expected_decays(model, weight_decay, norm_weight_decay, bias_weight_decay):
+    """Each parameter's decay by name, classified here independently of training.optim."""
+    decays = {}
+    for name, parameter in model.named_parameters():
+        owner = model.get_submodule(name.rpartition(".")[0])
+        if name.endswith(".bias") and bias_weight_decay is not None:
+            decays[name] = bias_weight_decay
+        elif isinstance(owner, (nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d, nn.LayerNorm)) and \
+                norm_weight_decay is not None:
+            decays[name] = norm_weight_decay
+        else:
+            decays[name] = weight_decay
+    return decays
+
+
+def decays_in(optimizer, model):
+    """Each parameter's decay in ``optimizer``, by name."""
+    decay_of = {id(p): group["weight_decay"] for group in optimizer.param_groups for p in group["params"]}
+    return {name: decay_of[id(p)] for name, p in model.named_parameters()}
+
+
+def test_default_is_one_fused_group_of_all_parameters_in_order():
+    model = NormsAndBiases()
+    optimizer = build_optimizer(model, lr=0.1, momentum=0.9, weight_decay=1e-4)
+    (group,) = optimizer.param_groups
+    assert group["params"] == list(model.parameters())
+    assert group["weight_decay"] == 1e-4 and group["fused"] and not group["nesterov"]
+
+
+@pytest.mark.parametrize("norm, bias", [(0.0, None), (None, 0.0), (0.0, 1e-5), (1e-5, 0.0), (3e-5, 5e-5)])
+def test_norm_and_bias_parameters_get_their_decay(norm, bias):
+    model = NormsAndBiases()
+    optimizer = build_optimizer(model, 0.1, 0.9, 1e-4, norm_weight_decay=norm, bias_weight_decay=bias)
+    expected = expected_decays(model, 1e-4, norm, bias)
+    assert decays_in(optimizer, model) == expected
+    assert len(optimizer.param_groups) == len(set(expected.values()))  # equal decays share a group
+    assert sorted(id(p) for g in optimizer.param_groups for p in g["params"]) == sorted(map(id, model.parameters()))
+    order = {id(p): i for i, p in enumerate(model.parameters())}
+    for group in optimizer.param_groups:  # each group in the model's order
+        assert [order[id(p)] for p in group["params"]] == sorted(order[id(p)] for p in group["params"])
+    assert all(group["fused"] for group in optimizer.param_groups)
+
+
+def test_groups_of_a_resnet_are_torchvisions():
+    """ResNet-18: the BatchNorm weights and biases and the classifier's bias, in torchvision's group order."""
+    model = networks.create_net("resnet18", "simam", num_classes=3)
+    groups = weight_decay_groups(model, 1e-4, norm_weight_decay=0.0, bias_weight_decay=2e-5)
+    names = {id(p): name for name, p in model.named_parameters()}
+    assert [g["weight_decay"] for g in groups] == [1e-4, 0.0, 2e-5]  # other, norm, bias
+    bn_weights = [name for name, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    assert [names[id(p)] for p in groups[1]["params"]] == [f"{name}.weight" for name in bn_weights]
+    assert [names[id(p)] for p in groups[2]["params"]] == [f"{name}.bias" for name in bn_weights] + ["fc.bias"]
+
+
+def test_equal_decays_give_the_default_single_group():
+    model = NormsAndBiases()
+    optimizer = build_optimizer(model, 0.1, 0.9, 1e-4, norm_weight_decay=1e-4, bias_weight_decay=1e-4)
+    assert [g["params"] for g in optimizer.param_groups] == [list(model.parameters())]
+
+
+def test_nesterov_reaches_the_fused_kernel_and_equals_torchs_sgd(monkeypatch):
+    torch.manual_seed(0)
+    model = NormsAndBiases()
+    reference = copy.deepcopy(model)
+    optimizer = build_optimizer(model, 0.1, 0.9, 1e-4, nesterov=True, norm_weight_decay=0.0, bias_weight_decay=0.0)
+    expected_optimizer = torch.optim.SGD(
+        weight_decay_groups(reference, 1e-4, norm_weight_decay=0.0, bias_weight_decay=0.0), 0.1, momentum=0.9,
+        weight_decay=1e-4, nesterov=True, foreach=False, fused=False)
+    fused_calls = []
+    sgd_module = importlib.import_module("torch.optim.sgd")  # the module, which torch.optim's namespace hides
+    fused_sgd = sgd_module._fused_sgd
+
+    def recording_fused_sgd(*args, **kwargs):
+        fused_calls.append(kwargs["nesterov"])
+        return fused_sgd(*args, **kwargs)
+
+    monkeypatch.setattr(sgd_module, "_fused_sgd", recording_fused_sgd)
+    for _ in range(3):
+        x = torch.randn(2, 3, 8, 8)
+        for net, opt in ((model, optimizer), (reference, expected_optimizer)):
+            opt.zero_grad()
+            net(x).square().mean().backward()
+            opt.step()
+    assert fused_calls == [True] * 3 * len(optimizer.param_groups)
+    worst = max((p - e).abs().max().item() for p, e in zip(model.parameters(), reference.parameters()))
+    assert worst < 1e-6
+
+
+def test_a_grouped_state_continues_exactly_and_a_different_grouping_is_refused():
+    torch.manual_seed(0)
+    model = NormsAndBiases()
+    optimizer = build_optimizer(model, 0.1, 0.9, 1e-4, norm_weight_decay=0.0)
+    for _ in range(2):
+        optimizer.zero_grad()
+        model(torch.randn(2, 3, 8, 8)).sum().backward()
+        optimizer.step()
+    saved = copy.deepcopy(optimizer.state_dict())
+    restored = build_optimizer(model, 0.5, 0.5, 1e-3, norm_weight_decay=0.0)
+    load_optimizer_state(restored, saved)
+    hyper_parameters = [(g["lr"], g["momentum"], g["weight_decay"]) for g in restored.param_groups]
+    assert hyper_parameters == [(0.1, 0.9, 1e-4), (0.1, 0.9, 0.0)]
+    assert all(torch.equal(optimizer.state[p]["momentum_buffer"], restored.state[p]["momentum_buffer"])
+               for p in model.parameters())
+    for other in (build_optimizer(model, 0.1, 0.9, 1e-4),
+                  build_optimizer(model, 0.1, 0.9, 1e-4, bias_weight_decay=0.0)):  # 1 group; 2 of other sizes
+        with pytest.raises(ValueError, match="parameter groups must be those of the run that saved it") as error:
+            load_optimizer_state(other, saved)
+        assert "\n" not in str(error.value)

@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 from torchvision import transforms
+from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F2
 
 from scripts.make_sample_data import make_dataset
@@ -167,3 +168,119 @@ def test_dummy_data_in_uint8():
     assert train.dtype == torch.float32
 
 
+
+
+def test_default_train_transforms_are_the_releases(jpeg):
+    """With every option off, the PIL transform is the release's Compose and the uint8 one is the bare crop+flip,
+    bitwise, at the default size and at a size given per call."""
+    release = transforms.Compose([transforms.RandomResizedCrop(40), transforms.RandomHorizontalFlip(),
+                                  transforms.ToTensor(), transforms.Normalize(presets.IMAGENET_MEAN,
+                                                                              presets.IMAGENET_STD)])
+    image, decoded = data.load_rgb(jpeg), data.load_uint8(jpeg)
+    pil_tf, uint8_tf = presets.train_transform(40), presets.train_transform(40, "uint8")
+    other_size = presets.train_transform(64)
+    for seed in range(5):
+        torch.manual_seed(seed)
+        expected = release(image)
+        torch.manual_seed(seed)
+        assert torch.equal(pil_tf(image), expected)
+        torch.manual_seed(seed)
+        assert torch.equal(other_size(image, 40), expected)
+        torch.manual_seed(seed)
+        expected = presets.RandomResizedCropFlip(40)(decoded)
+        torch.manual_seed(seed)
+        assert torch.equal(uint8_tf(decoded), expected)
+
+
+def policy_reference(name: str):
+    bilinear = v2.InterpolationMode.BILINEAR
+    return {"ra": v2.RandAugment(magnitude=9, interpolation=bilinear),
+            "ta_wide": v2.TrivialAugmentWide(interpolation=bilinear),
+            "augmix": v2.AugMix(severity=3, interpolation=bilinear),
+            "imagenet": v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET, interpolation=bilinear)}[name]
+
+
+@pytest.mark.parametrize("policy", presets.AUTO_AUGMENT_POLICIES)
+def test_augment_policy_follows_the_crop_and_repeats_under_its_seed(jpeg, policy):
+    image, decoded = data.load_rgb(jpeg), data.load_uint8(jpeg)
+    plain_pil, plain_uint8 = presets.train_transform(32), presets.train_transform(32, "uint8")
+    pil_tf = presets.train_transform(32, auto_augment=policy)
+    uint8_tf = presets.train_transform(32, "uint8", auto_augment=policy)
+    reference = policy_reference(policy)
+    to_float = transforms.Compose([transforms.ToTensor(), transforms.Normalize(presets.IMAGENET_MEAN,
+                                                                               presets.IMAGENET_STD)])
+    changed = {"pil": 0, "uint8": 0}
+    for seed in range(6):
+        for name, tf, plain, source in (("pil", pil_tf, plain_pil, image), ("uint8", uint8_tf, plain_uint8, decoded)):
+            torch.manual_seed(seed)
+            ours = tf(source)
+            torch.manual_seed(seed)
+            assert torch.equal(tf(source), ours)  # the same seed, the same output
+            torch.manual_seed(seed)
+            if name == "pil":
+                crop = transforms.RandomHorizontalFlip()(transforms.RandomResizedCrop(32)(source))
+                expected = to_float(reference(crop))
+                assert ours.dtype == torch.float32 and ours.shape == (3, 32, 32)
+            else:
+                expected = reference(presets.RandomResizedCropFlip(32)(source))
+                assert ours.dtype == torch.uint8 and ours.shape == (3, 32, 32) and ours.is_contiguous()
+            assert torch.equal(ours, expected)
+            torch.manual_seed(seed)
+            changed[name] += not torch.equal(ours, plain(source))
+    assert changed["pil"] > 0 and changed["uint8"] > 0
+
+
+def test_random_erasing_erases_the_same_box_with_the_same_meaning(jpeg):
+    """At p=1 the PIL pipeline sets a box of the normalised tensor to 0; the uint8 pipeline sets the same box (the
+    draws line up) to the ImageNet mean colour, which normalize_on_device turns into ~0."""
+    image, decoded = data.load_rgb(jpeg), data.load_uint8(jpeg)
+    pil_tf = presets.train_transform(48, random_erase=1.0)
+    uint8_tf, plain = presets.train_transform(48, "uint8", random_erase=1.0), presets.train_transform(48, "uint8")
+    assert presets.UINT8_MEAN == (124, 116, 104)
+    for seed in range(8):
+        torch.manual_seed(seed)
+        pil_box = (pil_tf(image) == 0).all(0)
+        torch.manual_seed(seed)
+        erased = uint8_tf(decoded)
+        torch.manual_seed(seed)
+        uint8_box = (erased != plain(decoded)).any(0)
+        assert erased.dtype == torch.uint8 and erased.is_contiguous()
+        assert pil_box.sum() > 0 and torch.equal(pil_box, uint8_box)
+        rows, columns = torch.nonzero(pil_box, as_tuple=True)
+        assert pil_box.sum() == (rows.max() - rows.min() + 1) * (columns.max() - columns.min() + 1)  # a rectangle
+        normalised = presets.normalize_on_device(erased[None])[0]
+        assert normalised[:, uint8_box].abs().max() < 0.01
+        assert torch.equal(erased[:, uint8_box], torch.tensor(presets.UINT8_MEAN, dtype=torch.uint8)[:, None]
+                           .expand(3, int(uint8_box.sum())))
+
+
+def test_bad_augment_options_are_refused():
+    with pytest.raises(ValueError, match="augmix"):
+        presets.train_transform(32, auto_augment="autoaugment")
+    with pytest.raises(ValueError, match="random erasing"):
+        presets.train_transform(32, random_erase=1.5)
+    with pytest.raises(ValueError, match="magnitude"):
+        presets.train_transform(32, auto_augment="ra", ra_magnitude=31)
+    with pytest.raises(ValueError, match="severity"):
+        presets.train_transform(32, "uint8", auto_augment="augmix", augmix_severity=0)
+
+
+@pytest.mark.parametrize("spec, sizes", [
+    ("128:224:2:5", {0: 128, 2: 128, 3: 160, 4: 192, 5: 224, 90: 224}),
+    ("100:260:0:4", {0: 100, 1: 128, 2: 192, 3: 224, 4: 260}),  # 140, 180, 220 to the nearest multiple of 32
+    ("32:64:0:2", {1: 64}),  # 48: a tie goes up
+    ("40:60:0:4", {1: 40, 3: 60}),  # 45 rounds to 32 and 55 to 64: kept within [40, 60]
+    ("224:128:0:3", {0: 224, 1: 192, 2: 160, 3: 128}),
+    ("160:192:4:4", {3: 160, 4: 192}),
+])
+def test_train_size_schedule_closed_form(spec, sizes):
+    schedule = presets.train_size_schedule(spec)
+    assert {epoch: schedule(epoch) for epoch in sizes} == sizes
+
+
+@pytest.mark.parametrize("spec", ["", "160:192:0", "160:192:0:4:8", "a:192:0:4", "160.5:192:0:4", "0:192:0:4",
+                                  "160:-32:0:4", "160:192:-1:4", "160:192:5:4"])
+def test_malformed_train_size_schedule_is_refused(spec):
+    with pytest.raises(ValueError, match="expected START:END:FROM_EPOCH:TO_EPOCH") as error:
+        presets.train_size_schedule(spec)
+    assert "\n" not in str(error.value)

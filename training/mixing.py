@@ -1,0 +1,56 @@
+"""Batch mixing (MixUp, CutMix) with draws that are a function of (seed, epoch, iteration, rank).
+
+``BatchMixer`` wraps torchvision's v2 ``MixUp`` / ``CutMix`` (a ``RandomChoice`` of both when both are on). They
+draw from torch's CPU generator only (a Beta sample through ``torch.distributions``, ``torch.randint`` for the
+CutMix box, ``torch.multinomial`` for the choice), whatever the batch's device; the mixer runs them under a forked
+CPU RNG seeded from (seed, epoch, iteration, rank), so a run resumed mid-epoch mixes exactly as an uninterrupted run
+and the global RNG is left untouched. The mixing itself (``roll``, multiply-add, box paste) runs on the batch's
+device.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+from torch import Tensor
+from torchvision.transforms import v2
+
+
+def mixing_seed(seed: int, epoch: int, iteration: int, rank: int = 0) -> int:
+    """A reproducible seed for the mixing draws of one batch of one process."""
+    digest = hashlib.blake2b(f"{seed}:{epoch}:{iteration}:{rank}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % (2 ** 63)
+
+
+class BatchMixer:
+    """MixUp (``mixup_alpha`` > 0) and/or CutMix (``cutmix_alpha`` > 0), one of them per batch with equal
+    probability when both are on. ``mixer(images, target, epoch, iteration, rank)`` takes a batch of floats on any
+    device and integer labels (N,), and returns the mixed images (same dtype and memory format) and soft targets
+    (N, num_classes) float32, for ``nn.CrossEntropyLoss`` (which takes probabilities, with label smoothing too).
+    ``iteration`` is the batch's position in its epoch, counted from the epoch's start also after a resume."""
+
+    def __init__(self, num_classes: int, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, seed: int = 0) -> None:
+        if mixup_alpha < 0 or cutmix_alpha < 0:
+            raise ValueError(f"mixing alphas must be >= 0, not mixup {mixup_alpha}, cutmix {cutmix_alpha}")
+        mixers = []
+        if mixup_alpha > 0:
+            mixers.append(v2.MixUp(alpha=mixup_alpha, num_classes=num_classes))
+        if cutmix_alpha > 0:
+            mixers.append(v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes))
+        if not mixers:
+            raise ValueError("batch mixing needs mixup_alpha > 0 or cutmix_alpha > 0")
+        self.num_classes, self.mixup_alpha, self.cutmix_alpha, self.seed = num_classes, mixup_alpha, cutmix_alpha, seed
+        self.transform = mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
+
+    def __call__(self, images: Tensor, target: Tensor, epoch: int, iteration: int,
+                 rank: int = 0) -> tuple[Tensor, Tensor]:
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(mixing_seed(self.seed, epoch, iteration, rank))
+            return self.transform(images, target)
+
+
+def dominant_label(soft_target: Tensor) -> Tensor:
+    """The label with the largest weight in each row of a soft target (ties: the lower class index), to measure
+    training top-1 under mixing."""
+    return soft_target.argmax(dim=1)

@@ -1,6 +1,7 @@
 """Every recipe in configs/ loads with --config and builds its network; paper rows use the release's recipe;
 ``_base_`` overlays resolve as documented."""
 
+import argparse
 import glob
 import os
 
@@ -156,3 +157,26 @@ def test_command_line_overrides_the_config(tmp_path):
                              ["--config", str(tmp_path / "recipe.yaml"), "--epochs", "3"])
     assert (args.arch, args.lr, args.weight_decay, args.cos_lr, args.epochs) == ("mobilenet_v2", 0.05, 4e-5, True, 3)
     assert args.momentum == 0.9  # untouched defaults stay
+
+
+MODERN = sorted(glob.glob(os.path.join(ROOT, "configs", "modern", "*_*_*.yaml")))
+
+
+def test_a_modern_recipe_for_every_arch_with_simam_and_without_attention():
+    names = {os.path.basename(p)[:-5] for p in MODERN}
+    paper_archs = {os.path.basename(p)[:-5].rsplit("_", 1)[0] for p in PAPER_ROWS}  # the table's six networks
+    assert names == {f"{arch}_{attention}_{recipe}" for arch in paper_archs for attention in ("none", "simam")
+                     for recipe in ("torchvision", "ffcv")}
+
+
+@pytest.mark.parametrize("path", MODERN, ids=lambda p: os.path.basename(p))
+def test_modern_recipe_is_its_paper_row_plus_its_recipe(path):
+    arch, attention, recipe = os.path.basename(path)[:-5].rsplit("_", 2)
+    args = vars(parse_with_config(main_imagenet.get_args_parser(), ["DATA", "--config", path]))
+    main_imagenet.check_args(argparse.Namespace(**args))
+    paper = read_config(os.path.join(ROOT, "configs", f"{arch}_{attention}.yaml"))
+    recipe_file = os.path.join(ROOT, "configs", "modern", f"recipe_{recipe}.yaml")
+    assert read_config(path) == {**paper, **read_config(recipe_file)}
+    assert (args["arch"], args["attention_type"]) == (arch, attention)
+    with open(recipe_file) as f:  # each recipe says where it comes from
+        assert {"torchvision": "torchvision's new training recipe", "ffcv": "FFCV"}[recipe] in f.readline()

@@ -137,9 +137,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="pil: torchvision's PIL transforms to normalised floats (the release's); uint8: the same "
              "augmentation, faster, as uint8 batches normalised on the device")
     arg("--simam-impl", default=None, choices=networks.SIMAM_IMPLEMENTATIONS,
-        help="SimAM kernels: auto (compiled where torch.compile can build them, else eager), compiled, eager "
-             "(both memory-efficient, same values), or reference (the paper's formula with plain autograd) "
-             "(default: $SIMAM_IMPL, else auto)")
+        help="how this run's SimAM modules run: auto (compiled kernels where torch.compile can build them, else "
+             "eager), compiled, eager (both memory-efficient, same values), or reference (the paper's formula with "
+             "plain autograd) (default: $SIMAM_IMPL, else auto)")
     arg("--eval-json", default=None, metavar="PATH", help="with -e: where to write the evaluation JSON")
     arg("--dummy", nargs="?", type=int, const=1281167, default=0, metavar="N",
         help="synthetic data instead of DATA: N training images (default: ImageNet's 1281167), N/25 validation")
@@ -368,9 +368,6 @@ def worker(ctx: distributed.Context, args: argparse.Namespace) -> dict[str, Any]
     """One process of the job: resolve the run once, set it up, then evaluate, export the weights, or fit."""
     if ctx.device.type == "cuda":  # --gpu 3: AMP's bf16 check, Triton and pinned memory must look at GPU 3
         torch.cuda.set_device(ctx.device)
-    previous = networks.get_simam_implementation()
-    if args.simam_impl:  # per process: spawned processes start from the environment's choice
-        networks.set_simam_implementation(args.simam_impl)
     lock = None
     try:
         checkpoint = find_checkpoint(args, ctx)
@@ -387,7 +384,6 @@ def worker(ctx: distributed.Context, args: argparse.Namespace) -> dict[str, Any]
     finally:
         if lock is not None:
             lock.release()
-        networks.set_simam_implementation(previous)
         distributed.cleanup()
 
 
@@ -500,7 +496,8 @@ def set_up(args: argparse.Namespace, spec: RunSpec, checkpoint: LoadedCheckpoint
     if ctx.is_main:
         os.makedirs(spec.run_dir, exist_ok=True)
     log = RunLog(spec.run_dir, ctx.is_main, tensorboard=not (args.evaluate or args.save_weights))
-    model = networks.create_net(spec.arch, spec.attention_type, spec.attention_param, len(data.classes))
+    model = networks.create_net(spec.arch, spec.attention_type, spec.attention_param, len(data.classes),
+                                simam_impl=args.simam_impl)
     cost = None
     if ctx.is_main:
         with torch.random.fork_rng(devices=[]):
@@ -515,10 +512,12 @@ def set_up(args: argparse.Namespace, spec: RunSpec, checkpoint: LoadedCheckpoint
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     model.to(ctx.device, memory_format=memory_format)
     amp_dtype = amp_dtype_for(args.amp, ctx.device)
+    simam_kernels = networks.get_simam_implementation(model)  # None: no SimAM
     log.print(f"=> precision {str(amp_dtype).replace('torch.', '') if amp_dtype else 'fp32'}, "
               f"{'channels_last' if args.channels_last else 'contiguous'}, "
               f"{'torch.compile' if args.compile else 'eager'}, {args.input_pipeline} input pipeline"
-              + (f", SimAM kernels: {networks.get_simam_implementation()}" if spec.attention_type == "simam" else ""))
+              + (f", SimAM kernels: {simam_kernels}, {networks.fused_pairs(model)} SimAM + BatchNorm pairs fused"
+                 if simam_kernels else ""))
     mixer = None
     if args.mixup_alpha or args.cutmix_alpha:
         mixer = BatchMixer(len(data.classes), args.mixup_alpha, args.cutmix_alpha, spec.seed)

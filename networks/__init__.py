@@ -3,6 +3,8 @@
     >>> import networks
     >>> model = networks.create_net("resnet50", "simam", 0.1)
     >>> backbone = networks.create_net("resnet50", "simam", 0.1, features_only=True)  # [C2, C3, C4, C5]
+    >>> model = networks.create_net("resnet50", "simam", 0.1, simam_impl="eager")  # SimAM kernels of this model
+    >>> networks.set_simam_implementation("reference", model)  # change them on a built model
 """
 
 from .archs import ARCHS, ArchSpec, create_net
@@ -16,18 +18,21 @@ from .attentions import (
     get_simam_implementation,
     set_simam_implementation,
     simam,
+    simam_batch_norm,
     simam_fused,
     simam_gate,
 )
 from .complexity import Complexity, complexity, measure_complexity
 from .features import FeatureInfo, FeatureNet, backbone_state_dict, fpn_backbone, freeze_batchnorm, load_backbone
 from .identify import NetworkSpec, identify_layouts, identify_network
+from .simam_bn import fuse_simam_batchnorm, fused_pairs
 from .weights import from_torchvision, load_checkpoint_file, read_state_dict, state_dict_of, strip_prefix
 
 __all__ = [
     "ARCHS", "ATTENTIONS", "SIMAM_IMPLEMENTATIONS", "ArchSpec", "AttentionSpec", "backbone_state_dict", "complexity",
     "Complexity", "create_attn", "create_net", "describe_attention", "FeatureInfo", "FeatureNet", "fpn_backbone",
-    "freeze_batchnorm", "from_torchvision", "get_simam_implementation", "identify_layouts", "identify_network",
-    "load_backbone", "load_checkpoint_file", "measure_complexity", "NetworkSpec", "read_state_dict",
-    "set_simam_implementation", "SimAM", "simam", "simam_fused", "simam_gate", "state_dict_of", "strip_prefix",
+    "freeze_batchnorm", "from_torchvision", "fuse_simam_batchnorm", "fused_pairs", "get_simam_implementation",
+    "identify_layouts", "identify_network", "load_backbone", "load_checkpoint_file", "measure_complexity",
+    "NetworkSpec", "read_state_dict", "set_simam_implementation", "SimAM", "simam", "simam_batch_norm", "simam_fused",
+    "simam_gate", "state_dict_of", "strip_prefix",
 ]

@@ -9,10 +9,12 @@ from typing import Callable, Sequence
 from torch import nn
 
 from . import mobilenetv2, resnet
-from .attentions import attention_factory
+from .attentions import attention_factory, set_simam_implementation
+from .attentions.simam_kernels import check_implementation as check_simam_implementation
 from .features import FeatureNet
 from .placement import attach_attention
 from .registry import Registry
+from .simam_bn import fuse_simam_batchnorm
 
 REDUCTIONS = (2, 4, 8, 16, 32)  # the stride of feature levels 0-4
 
@@ -53,7 +55,8 @@ ARCHS.register("mobilenet_v2", ArchSpec(mobilenetv2.mobilenet_v2, mobilenetv2.in
 
 def create_net(arch: str, attention_type: str = "none", attention_param: float | None = None,
                num_classes: int = 1000, features_only: bool = False,
-               out_indices: Sequence[int] = (1, 2, 3, 4)) -> nn.Module:
+               out_indices: Sequence[int] = (1, 2, 3, 4), simam_impl: str | None = None,
+               fuse_simam_bn: bool = True) -> nn.Module:
     """Build an ImageNet backbone with an attention module in every block, laid out as the release.
 
     Args:
@@ -66,18 +69,29 @@ def create_net(arch: str, attention_type: str = "none", attention_param: float |
         features_only: return a ``FeatureNet`` instead: the network without pooling and classifier, whose
             forward returns the list of feature maps of ``out_indices``, described by its ``feature_info``.
         out_indices: feature levels for ``features_only``, 0-4 = strides 2, 4, 8, 16, 32 (1-4: C2-C5).
+        simam_impl: how its SimAM modules run: 'auto', 'compiled', 'eager' or 'reference' (None: the default,
+            ``networks.get_simam_implementation()``); ``networks.set_simam_implementation(name, model)`` changes it.
+        fuse_simam_bn: run each SimAM and the BatchNorm after it as one fused step in training
+            (``networks.fuse_simam_batchnorm``); same values and keys, less memory. False: the modules one by one.
 
     Raises:
-        ValueError: unknown arch or attention (the message lists the valid choices), or a bad parameter.
+        ValueError: unknown arch, attention or SimAM implementation (the message lists the valid choices), or a
+            bad parameter.
     """
     spec = ARCHS.get(arch)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if simam_impl is not None:
+        check_simam_implementation(simam_impl)
     site, make_attention = attention_factory(attention_type, attention_param)
     model = spec.build(num_classes=num_classes)
     if make_attention is not None:
         for module in attach_attention(model, site, make_attention):
             spec.init(module)
+        if simam_impl is not None:
+            set_simam_implementation(simam_impl, model)
+        if fuse_simam_bn:
+            fuse_simam_batchnorm(model)
     if features_only:
         return FeatureNet(model, spec, out_indices)
     return model

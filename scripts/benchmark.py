@@ -5,9 +5,13 @@
     python scripts/benchmark.py --suite train -a resnet18 --attention_type simam -b 16 --image-size 224 --steps 10
     python scripts/benchmark.py --suite data     # uint8 input pipeline vs torchvision's PIL pipeline
     python scripts/benchmark.py --suite eval -a resnet50 --attention_type simam -b 32
+    python scripts/benchmark.py --suite table -b 8 --image-size 64 --no-compile   # cost of every arch x attention
+    python scripts/benchmark.py --suite table -b 64 --image-size 224 --device cuda  # the GPU table
 
 Every suite prints its JSON (device, torch version, settings, figures) and writes it to
-``results/benchmarks/<suite>-<device>.json`` (or ``--output``). ``--json`` prints one line instead and
+``results/benchmarks/<suite>-<device>.json`` (or ``--output``); ``--suite table`` also writes
+``results/benchmarks/table-<device>.csv`` (one row per arch x attention), which
+``scripts/make_results_table.py --benchmark`` joins into the results table. ``--json`` prints one line instead and
 writes a file only with ``--output``. Candidates are timed in alternation, round after round, and each
 figure is the median over rounds, so that a ratio compares like with like.
 """
@@ -15,6 +19,7 @@ figure is the median over rounds, so that a ratio compares like with like.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import platform
@@ -55,7 +60,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     # train / eval
     arg("-a", "--arch", default="resnet18", choices=list(networks.ARCHS))
     arg("--attention_type", default="simam", choices=list(networks.ATTENTIONS))
-    arg("--attention_param", type=float, default=None)
+    arg("--attention_param", type=float, default=None, help="default: the attention's own (SimAM lambda 0.1)")
     arg("-b", "--batch-size", type=int, default=16)
     arg("--image-size", type=int, default=224)
     arg("--steps", type=int, default=10, help="timed steps (split over the rounds)")
@@ -68,6 +73,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="also time the same network without attention (recommended settings) for the attention's overhead")
     # data
     arg("--images", type=int, default=64, help="data suite: generated JPEGs")
+    # table
+    arg("--archs", default=None, help="table suite: comma-separated archs (default: the results table's)")
+    arg("--attentions", default=None, help="table suite: comma-separated attentions (default: all)")
     return parser
 
 
@@ -141,22 +149,54 @@ def suite_simam(args) -> dict:
     times = alternate({name: fwd_bwd(name) for name in implementations}, args.rounds, 3, partial(synchronize, device))
     speed = {name: {"fwd_bwd_ms": 1e3 * t, "speedup_vs_reference": times["reference"] / t} for name, t in times.items()}
 
+    speed_with_bn = simam_bn_speed(args, device, x, grad)
     memory = {}
     images = torch.randn(args.memory_batch, 3, 224, 224, device=device)
     for arch in ("resnet18", "resnet50", "mobilenet_v2"):
         counts = {"none": saved_for_backward(networks.create_net(arch, "none").to(device), images)}
-        for implementation in ("reference", "eager"):
-            networks.set_simam_implementation(implementation)
-            counts[implementation] = saved_for_backward(networks.create_net(arch, "simam").to(device), images)
+        for name, implementation, fuse in (("reference", "reference", False), ("eager", "eager", False),
+                                           ("fused_bn", "eager", True)):
+            model = networks.create_net(arch, "simam", simam_impl=implementation, fuse_simam_bn=fuse)
+            counts[name] = saved_for_backward(model.to(device), images)
         memory[arch] = {
             kind: {"none_mb": counts["none"][kind] / 2 ** 20,
                    "paper_formula_overhead_pct": 100 * (counts["reference"][kind] / counts["none"][kind] - 1),
-                   "fused_overhead_pct": 100 * (counts["eager"][kind] / counts["none"][kind] - 1)}
+                   "fused_overhead_pct": 100 * (counts["eager"][kind] / counts["none"][kind] - 1),
+                   "fused_with_bn_overhead_pct": 100 * (counts["fused_bn"][kind] / counts["none"][kind] - 1)}
             for kind in ("all", "activations")}
-    return {"shape": list(args.shape), "dtype": "float32", "speed": speed, "accuracy": accuracy,
+    return {"shape": list(args.shape), "dtype": "float32", "speed": speed, "speed_with_bn": speed_with_bn,
+            "accuracy": accuracy,
             "saved_memory": {"batch": args.memory_batch, "image_size": 224,
                              "note": "'all': every unique storage saved for backward (weights included); "
-                                     "'activations': parameter storages left out", "archs": memory}}
+                                     "'activations': parameter storages left out; 'fused': SimAM's custom function "
+                                     "with the BN after it run separately; 'fused_with_bn': SimAM and the BN "
+                                     "as one fused step (create_net's default)", "archs": memory}}
+
+
+def simam_bn_speed(args, device: torch.device, x: torch.Tensor, grad: torch.Tensor) -> dict:
+    """Forward + backward of SimAM followed by a training-mode BatchNorm: the unfused pair (the paper's formula,
+    then SimAM's custom function) against the fused step (eager and compiled kernels)."""
+    norm = nn.BatchNorm2d(x.shape[1]).to(device)
+
+    def pair(implementation: str) -> Callable[[], None]:
+        return lambda: torch.autograd.grad(norm(networks.simam_fused(x, 0.1, implementation)), x, grad)
+
+    def fused(implementation: str) -> Callable[[], None]:
+        def run() -> None:
+            out = networks.simam_batch_norm(x, 0.1, implementation, norm.weight, norm.bias, norm.running_mean,
+                                            norm.running_var, 0.1, norm.eps)
+            torch.autograd.grad(out, x, grad)
+        return run
+
+    candidates = {"reference_then_bn": pair("reference"), "eager_then_bn": pair("eager"),
+                  "fused_eager": fused("eager")}
+    if networks.attentions.simam_kernels.compiled_available(device):
+        candidates.update(compiled_then_bn=pair("compiled"), fused_compiled=fused("compiled"))
+    for run in candidates.values():
+        run()  # warm-up (compiles)
+    times = alternate(candidates, args.rounds, 3, partial(synchronize, device))
+    return {name: {"fwd_bwd_ms": 1e3 * t, "speedup_vs_reference": times["reference_then_bn"] / t}
+            for name, t in times.items()}
 
 
 class TrainBench:
@@ -164,14 +204,16 @@ class TrainBench:
 
     def __init__(self, args, device: torch.device, *, amp: str, channels_last: bool, compile: bool,
                  simam_impl: str, uint8: bool, attention_type: str | None = None,
-                 release_optimizer: bool = False) -> None:
+                 release_optimizer: bool = False, fuse_simam_bn: bool = True) -> None:
         torch.manual_seed(0)
         self.device, self.simam_impl = device, simam_impl
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         attention_type = attention_type or args.attention_type
         param = args.attention_param if attention_type == args.attention_type else None
-        model = networks.create_net(args.arch, attention_type, param, args.num_classes)
+        model = networks.create_net(args.arch, attention_type, param, args.num_classes, simam_impl=simam_impl,
+                                    fuse_simam_bn=fuse_simam_bn)
         model.to(device, memory_format=self.memory_format).train()
+        self.module = model  # (uncompiled: saved-memory counts)
         self.model = torch.compile(model) if compile else model
         amp_dtype = amp_dtype_for(amp, device)
         lr, momentum, weight_decay = 0.1, 0.9, 1e-4
@@ -191,9 +233,22 @@ class TrainBench:
                          "input": "uint8, normalised on the device" if uint8 else "float32"}
 
     def step(self) -> None:
-        networks.set_simam_implementation(self.simam_impl)
         images, target = to_device(*self.batch, self.device, self.memory_format)
         train_step(self.model, images, target, self.state, self.options)
+
+    def infer(self) -> None:
+        with torch.inference_mode(), self.autocast():
+            self.model(to_device(*self.batch, self.device, self.memory_format)[0])
+
+    def autocast(self):
+        amp_dtype = self.options.amp_dtype
+        return torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+
+    def saved_for_backward(self) -> dict[str, int]:
+        """``saved_for_backward`` of one training forward of the uncompiled model with these settings."""
+        images = to_device(*self.batch, self.device, self.memory_format)[0]
+        with self.autocast():
+            return saved_for_backward(self.module, images)
 
 
 def recommended_and_release(args, device: torch.device) -> dict[str, TrainBench]:
@@ -203,6 +258,8 @@ def recommended_and_release(args, device: torch.device) -> dict[str, TrainBench]
     benches = {"recommended": TrainBench(args, device, **recommended)}
     if args.attention_overhead and args.attention_type != "none":
         benches["no_attention"] = TrainBench(args, device, **recommended, attention_type="none")
+        if args.attention_type == "simam":  # SimAM and its BN as separate modules (before the fused step)
+            benches["unfused"] = TrainBench(args, device, **recommended, fuse_simam_bn=False)
     if not args.no_baseline:  # the release: fp32, eager, contiguous, the paper's SimAM formula
         benches["release"] = TrainBench(args, device, amp="off", channels_last=False, compile=False,
                                         simam_impl="reference", uint8=False, release_optimizer=True)
@@ -219,11 +276,22 @@ def suite_train(args) -> dict:
     rounds = max(1, min(args.rounds, args.steps))
     times = alternate({name: bench.step for name, bench in benches.items()}, rounds,
                       max(1, args.steps // rounds), partial(synchronize, device))
-    result = {"arch": args.arch, "attention_type": args.attention_type, "attention_param": args.attention_param,
+    result = {"arch": args.arch, "attention_type": args.attention_type, "attention_param": attention_param(args),
               "batch_size": args.batch_size, "image_size": args.image_size, "steps": args.steps,
               "settings": benches["recommended"].settings,
               "images_per_sec": args.batch_size / times["recommended"], "step_ms": 1e3 * times["recommended"]}
+    if "no_attention" in benches:  # saved for backward under the recommended settings, over the plain network
+        saved = {name: benches[name].saved_for_backward() for name in ("recommended", "no_attention", "unfused")
+                 if name in benches}
+        result["saved_for_backward_overhead_pct"] = {
+            name: {kind: 100 * (counts[kind] / saved["no_attention"][kind] - 1) for kind in ("all", "activations")}
+            for name, counts in saved.items() if name != "no_attention"}
     return {**result, **comparisons(benches, times, args.batch_size)}
+
+
+def attention_param(args) -> float | None:
+    """The parameter the attention is built with (its default where none was given)."""
+    return networks.ATTENTIONS.get(args.attention_type).param_or_default(args.attention_param)
 
 
 def comparisons(benches: dict[str, TrainBench], times: dict[str, float], batch_size: int) -> dict:
@@ -232,6 +300,9 @@ def comparisons(benches: dict[str, TrainBench], times: dict[str, float], batch_s
     if "no_attention" in benches:
         result.update(no_attention_images_per_sec=batch_size / times["no_attention"],
                       attention_overhead_pct=100 * (times["recommended"] / times["no_attention"] - 1))
+    if "unfused" in benches:
+        result.update(unfused_images_per_sec=batch_size / times["unfused"],
+                      unfused_attention_overhead_pct=100 * (times["unfused"] / times["no_attention"] - 1))
     if "release" in benches:
         result.update(release_settings=benches["release"].settings,
                       release_images_per_sec=batch_size / times["release"],
@@ -244,23 +315,15 @@ def suite_eval(args) -> dict:
     device = torch.device(args.device)
     benches = recommended_and_release(args, device)
 
-    def infer(bench: TrainBench) -> Callable[[], None]:
-        def run() -> None:
-            networks.set_simam_implementation(bench.simam_impl)
-            with torch.inference_mode(), torch.autocast(device.type, dtype=bench.options.amp_dtype,
-                                                        enabled=bench.options.amp_dtype is not None):
-                bench.model(to_device(*bench.batch, device, bench.memory_format)[0])
-        return run
-
     for bench in benches.values():
         bench.model.eval()
         for _ in range(args.warmup):
-            infer(bench)()
+            bench.infer()
     rounds = max(1, min(args.rounds, args.steps))
-    times = alternate({name: infer(bench) for name, bench in benches.items()}, rounds,
+    times = alternate({name: bench.infer for name, bench in benches.items()}, rounds,
                       max(1, args.steps // rounds), partial(synchronize, device))
-    result = {"arch": args.arch, "attention_type": args.attention_type, "batch_size": args.batch_size,
-              "image_size": args.image_size, "settings": benches["recommended"].settings,
+    result = {"arch": args.arch, "attention_type": args.attention_type, "attention_param": attention_param(args),
+              "batch_size": args.batch_size, "image_size": args.image_size, "settings": benches["recommended"].settings,
               "images_per_sec": args.batch_size / times["recommended"]}
     return {**result, **comparisons(benches, times, args.batch_size)}
 
@@ -271,7 +334,97 @@ def suite_data(args) -> dict:
     return run_data_suite(image_count=args.images)
 
 
-SUITES = {"simam": suite_simam, "train": suite_train, "data": suite_data, "eval": suite_eval}
+TABLE_COLUMNS = ["arch", "attention_type", "attention_param", "train_images_per_sec", "infer_images_per_sec",
+                 "saved_activation_mb_per_image", "peak_memory_mb", "peak_memory_kind", "batch_size", "image_size",
+                 "amp", "channels_last", "compile", "simam_impl", "device", "device_name", "threads", "torch"]
+
+
+def _names(value: str | None, choices: list[str], what: str) -> list[str]:
+    if value is None:
+        return list(choices)
+    names = [n.strip().lower() for n in value.split(",") if n.strip()]
+    unknown = [n for n in names if n not in choices]
+    if unknown or not names:
+        raise UserError(f"unknown {what} {', '.join(map(repr, unknown)) or repr(value)}; "
+                        f"valid choices: {', '.join(choices)}")
+    return names
+
+
+def peak_memory(bench: TrainBench) -> tuple[float, str]:
+    """MB of one training step's peak: CUDA's max allocated on a GPU; on a CPU (no allocator statistics) every
+    storage saved for backward, weights included."""
+    if bench.device.type == "cuda":
+        synchronize(bench.device)
+        torch.cuda.reset_peak_memory_stats(bench.device)
+        bench.step()
+        synchronize(bench.device)
+        return torch.cuda.max_memory_allocated(bench.device) / 2 ** 20, "cuda_max_allocated"
+    return bench.saved_for_backward()["all"] / 2 ** 20, "saved_tensors"
+
+
+def suite_table(args) -> dict:
+    """The cost columns of the results table: for every arch x attention, training and inference images per
+    second with the recommended settings, saved activations per image and the peak memory of a training step.
+    The attentions of one arch are timed in alternation (their ratios compare like with like)."""
+    from scripts.make_results_table import ARCHS as TABLE_ARCHS
+    from scripts.make_results_table import ATTENTIONS as TABLE_ATTENTIONS
+
+    device = torch.device(args.device)
+    archs = _names(args.archs, TABLE_ARCHS if args.archs is None else list(networks.ARCHS), "arch")
+    attentions = _names(args.attentions, TABLE_ATTENTIONS if args.attentions is None else list(networks.ATTENTIONS),
+                        "attention")
+    recommended = dict(amp=args.amp, channels_last=FAST_SETTINGS["channels_last"],
+                       compile=FAST_SETTINGS["compile"] and not args.no_compile,
+                       simam_impl=FAST_SETTINGS["simam_impl"], uint8=True)
+    rounds = max(1, min(args.rounds, args.steps))
+    sync = partial(synchronize, device)
+    rows = []
+    for arch in archs:
+        arch_args = argparse.Namespace(**{**vars(args), "arch": arch, "attention_param": None})
+        benches = {attention: TrainBench(arch_args, device, **recommended, attention_type=attention)
+                   for attention in attentions}
+        memory = {attention: (bench.saved_for_backward()["activations"], peak_memory(bench))
+                  for attention, bench in benches.items()}
+        for bench in benches.values():
+            for _ in range(args.warmup):
+                bench.step()
+        train = alternate({name: bench.step for name, bench in benches.items()}, rounds,
+                          max(1, args.steps // rounds), sync)
+        for bench in benches.values():
+            bench.model.eval()
+            for _ in range(args.warmup):
+                bench.infer()
+        infer = alternate({name: bench.infer for name, bench in benches.items()}, rounds,
+                          max(1, args.steps // rounds), sync)
+        for attention, bench in benches.items():
+            activations, (peak_mb, peak_kind) = memory[attention]
+            settings = bench.settings
+            rows.append({"arch": arch, "attention_type": attention,
+                         "attention_param": networks.ATTENTIONS.get(attention).param_or_default(None),
+                         "train_images_per_sec": args.batch_size / train[attention],
+                         "infer_images_per_sec": args.batch_size / infer[attention],
+                         "saved_activation_mb_per_image": activations / 2 ** 20 / args.batch_size,
+                         "peak_memory_mb": peak_mb, "peak_memory_kind": peak_kind,
+                         "batch_size": args.batch_size, "image_size": args.image_size, "amp": settings["amp"],
+                         "channels_last": settings["channels_last"], "compile": settings["compile"],
+                         "simam_impl": settings["simam_impl"]})
+        del benches
+    return {"batch_size": args.batch_size, "image_size": args.image_size, "steps": args.steps, "rows": rows}
+
+
+def write_table_csv(result: dict, path: str) -> None:
+    """One CSV row per arch x attention (``TABLE_COLUMNS``), with the run's device and versions in every row."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, TABLE_COLUMNS)
+        writer.writeheader()
+        for row in result["rows"]:
+            full = {**row, **{key: result[key] for key in ("device", "device_name", "threads", "torch")}}
+            writer.writerow({key: "" if full[key] is None else
+                             repr(round(full[key], 4)) if isinstance(full[key], float) else full[key]
+                             for key in TABLE_COLUMNS})
+
+
+SUITES = {"simam": suite_simam, "train": suite_train, "data": suite_data, "eval": suite_eval, "table": suite_table}
 
 
 def device_tag(device: torch.device) -> str:
@@ -285,17 +438,17 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda but CUDA is not available")
-    chosen = networks.get_simam_implementation()
-    try:
-        result = {"suite": args.suite, **environment(device), **SUITES[args.suite](args)}
-    finally:  # suites switch implementations while they compare them
-        networks.set_simam_implementation(chosen)
+    result = {"suite": args.suite, **environment(device), **SUITES[args.suite](args),
+              "command": "python scripts/benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     text = json.dumps(result, indent=None if args.json else 2)
     print(text, flush=True)
     name = args.suite + (f"-{args.arch}-{args.attention_type}" if args.suite in ("train", "eval") else "")
     output = args.output or (None if args.json else os.path.join(ROOT, "results", "benchmarks",
                                                                    f"{name}-{device_tag(device)}.json"))
     if output:
+        if args.suite == "table":  # the CSV beside the JSON
+            output = os.path.splitext(output)[0] + ".json"
+            write_table_csv(result, os.path.splitext(output)[0] + ".csv")
         os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
         with open(output, "w") as f:
             f.write(json.dumps(result, indent=2) + "\n")

@@ -9,6 +9,10 @@ Examples:
     python scripts/make_results_table.py results/evals -o results/imagenet.md
     python scripts/make_results_table.py run/eval_model_best.json --archs resnet18 --attentions none,simam
     python scripts/make_results_table.py -o results/imagenet.md          # no evaluations yet
+    python scripts/make_results_table.py -o results/imagenet.md --benchmark results/benchmarks/table-cpu.csv
+
+``--benchmark`` joins the cost columns measured by ``scripts/benchmark.py --suite table`` (training and inference
+images per second, saved activations per image, peak memory) beside Params and FLOPs.
 """
 
 from __future__ import annotations
@@ -49,9 +53,15 @@ PAPER = {
 }
 
 # every key of an evaluation but bad_images, which evaluations written before --skip-bad-images lack
-REQUIRED_KEYS = tuple(key for key in EVAL_JSON_KEYS if key != "bad_images")
+# Keys that evaluations written before them lack: bad_images, tta (then none) and weights (then the model's)
+REQUIRED_KEYS = tuple(key for key in EVAL_JSON_KEYS if key not in ("bad_images", "tta", "weights"))
 CSV_COLUMNS = ["arch", "attention_type", "attention_param", "params_m", "gflops", "top1", "top5", "paper_top1",
                "paper_top5", "delta_top1", "delta_top5", "checkpoint", "n_images"]
+# The cost columns of a `scripts/benchmark.py --suite table` CSV joined by --benchmark: (column, markdown header)
+BENCHMARK_COLUMNS = [("train_images_per_sec", "Train img/s"), ("infer_images_per_sec", "Infer img/s"),
+                     ("saved_activation_mb_per_image", "Saved MB/img"), ("peak_memory_mb", "Peak MB")]
+BENCHMARK_SETTINGS = ["device_name", "batch_size", "image_size", "amp", "channels_last", "compile", "simam_impl",
+                      "peak_memory_kind", "torch"]
 IMAGENET_VAL = {"n_images": 50000, "val_resize_size": 256, "val_crop_size": 224}
 DASH = "–"
 
@@ -69,6 +79,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--attentions", default=None,
                         help=f"comma-separated subset of attentions: {','.join(ATTENTIONS)} "
                              f"('baseline' = none; default: all)")
+    parser.add_argument("--benchmark", default=None, metavar="TABLE_CSV",
+                        help="a CSV of `scripts/benchmark.py --suite table` (e.g. results/benchmarks/table-cpu.csv): "
+                             "its speed and memory columns are added beside Params and FLOPs")
     return parser
 
 
@@ -142,6 +155,46 @@ def collect_evaluations(inputs: list[str]) -> list[dict]:
     return evaluations
 
 
+def read_benchmark(path: str) -> dict[tuple[str, str], dict[str, str]]:
+    """The rows of a ``benchmark.py --suite table`` CSV keyed by (arch, attention_type)."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise UserError(f"cannot read the benchmark CSV {path}: {type(error).__name__}") from None
+    needed = {"arch", "attention_type", *(column for column, _ in BENCHMARK_COLUMNS)}
+    if not rows or not needed <= set(rows[0]):
+        raise UserError(f"{path} is not a CSV of `scripts/benchmark.py --suite table` "
+                        f"(needs the columns {', '.join(sorted(needed))})")
+    return {(row["arch"].lower(), row["attention_type"].lower()): row for row in rows}
+
+
+def _float_or_none(text: str | None) -> float | None:
+    try:
+        return float(text) if text not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def join_benchmark(rows: list[dict], benchmark: dict[tuple[str, str], dict[str, str]], path: str) -> list[str]:
+    """Add the cost columns to every row (None where the CSV has no such row); returns notes on the settings."""
+    for row in rows:
+        measured = benchmark.get((row["arch"], row["attention_type"]), {})
+        for column, _ in BENCHMARK_COLUMNS:
+            row[column] = _float_or_none(measured.get(column))
+    used = [benchmark[key] for key in benchmark if key in {(r["arch"], r["attention_type"]) for r in rows}]
+    settings = {key: sorted({row.get(key, "") for row in used}) for key in BENCHMARK_SETTINGS}
+    described = "; ".join(f"{key} {', '.join(values)}" for key, values in settings.items() if any(values))
+    missing = sum(row["train_images_per_sec"] is None for row in rows)
+    notes = [f"Cost columns from `{path}` (`scripts/benchmark.py --suite table`): {described}. Train and infer "
+             "img/s are medians over alternating rounds (the attentions of one backbone timed in turn); Saved MB/img "
+             "is the activations autograd keeps for backward per image; Peak MB is CUDA's max allocated on a GPU, "
+             "the saved tensors of the batch (weights included) on a CPU."]
+    if missing:
+        notes.append(f"{missing} row(s) have no measurement in `{path}`.")
+    return notes
+
+
 def row_param(attention_type: str, evaluated: float | None) -> float | None:
     """The attention parameter of a row: the evaluation's where it has one, else the module's default."""
     return networks.ATTENTIONS.get(attention_type).param_or_default(evaluated)
@@ -205,13 +258,16 @@ def build_rows(archs: list[str], attentions: list[str], evaluations: list[dict])
             cost = cache[arch, attention, param]
             paper_top1, paper_top5 = PAPER.get((arch, attention), (None, None))
             top1, top5 = (best["top1"], best["top5"]) if best else (None, None)
+            tta = (best.get("tta") or "none") if best else "none"
+            comparable = tta == "none"  # the paper's single-crop protocol
             rows.append({
                 "arch": arch, "attention_type": attention, "attention_param": param,
                 "model": ARCH_NAMES[arch], "attention": attention_label(attention, param),
                 "params_m": cost.params_m, "gflops": cost.gflops, "top1": top1, "top5": top5,
                 "paper_top1": paper_top1, "paper_top5": paper_top5,
-                "delta_top1": top1 - paper_top1 if top1 is not None and paper_top1 is not None else None,
-                "delta_top5": top5 - paper_top5 if top5 is not None and paper_top5 is not None else None,
+                "delta_top1": top1 - paper_top1 if comparable and None not in (top1, paper_top1) else None,
+                "delta_top5": top5 - paper_top5 if comparable and None not in (top5, paper_top5) else None,
+                "tta": tta,
                 "checkpoint": best["checkpoint"] if best else None, "n_images": best["n_images"] if best else None,
                 "json": best["json"] if best else None,
             })
@@ -223,6 +279,10 @@ def build_rows(archs: list[str], attentions: list[str], evaluations: list[dict])
             if best:
                 differs = [f"{k} {best.get(k)} (ImageNet val: {v})" for k, v in IMAGENET_VAL.items()
                            if best.get(k) != v]
+                if not comparable:
+                    notes.append(f"{name}: `{best['json']}` was evaluated with {tta} test-time augmentation (--tta "
+                                 f"{tta}), not the paper's single-crop protocol: not comparable with the paper's "
+                                 "numbers, so no Δ.")
                 if differs:
                     notes.append(f"{name}: `{best['json']}` was not evaluated on the ImageNet validation protocol "
                                  f"({'; '.join(differs)}), so it is not comparable with the paper's numbers.")
@@ -235,8 +295,12 @@ def build_rows(archs: list[str], attentions: list[str], evaluations: list[dict])
     return rows, notes
 
 
-def markdown(rows: list[dict], notes: list[str], command: str) -> str:
-    """The table as a markdown document."""
+def _cost(x: float | None) -> str:
+    return DASH if x is None else f"{x:.3g}" if abs(x) < 10 else f"{x:.0f}"
+
+
+def markdown(rows: list[dict], notes: list[str], command: str, with_cost: bool = False) -> str:
+    """The table as a markdown document (``with_cost``: the benchmark's columns after FLOPs)."""
     evaluated = [r for r in rows if r["top1"] is not None]
     lines = [
         "# ImageNet results (generated)", "",
@@ -256,15 +320,19 @@ def markdown(rows: list[dict], notes: list[str], command: str) -> str:
     else:
         lines.append("No evaluations were given: every Top-1 cell reads \"not evaluated\"; the table holds only "
                      "the regenerated Params/FLOPs and the paper's numbers.")
-    lines += ["", "| Model | Attention | Params | FLOPs | Top-1 | Top-5 | Paper Top-1 | Paper Top-5 "
-                  "| Δ Top-1 | Δ Top-5 | Checkpoint |",
-              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    cost_headers = [header for _, header in BENCHMARK_COLUMNS] if with_cost else []
+    lines += ["", "| " + " | ".join(["Model", "Attention", "Params", "FLOPs", *cost_headers, "Top-1", "Top-5",
+                                      "Paper Top-1", "Paper Top-5", "Δ Top-1", "Δ Top-5", "Checkpoint"]) + " |",
+              "|---|---|---:|---:|" + "---:|" * len(cost_headers) + "---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         top1 = "not evaluated" if r["top1"] is None else f"{r['top1']:.2f}"
+        if r["top1"] is not None and r["tta"] != "none":
+            top1 += f" ({r['tta']} TTA)"
         checkpoint = DASH if not r["checkpoint"] else f"`{r['checkpoint']}`"
-        cells = [r["model"], r["attention"], f"{r['params_m']:.2f} M", f"{r['gflops']:.2f} G", top1, _fixed(r["top5"]),
-                 _fixed(r["paper_top1"]), _fixed(r["paper_top5"]), _signed(r["delta_top1"]), _signed(r["delta_top5"]),
-                 checkpoint]
+        cost = [_cost(r[column]) for column, _ in BENCHMARK_COLUMNS] if with_cost else []
+        cells = [r["model"], r["attention"], f"{r['params_m']:.2f} M", f"{r['gflops']:.2f} G", *cost, top1,
+                 _fixed(r["top5"]), _fixed(r["paper_top1"]), _fixed(r["paper_top5"]), _signed(r["delta_top1"]),
+                 _signed(r["delta_top5"]), checkpoint]
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     lines += ["", "Notes:", "",
               "- Paper numbers are filled in for the SimAM rows only (the verified ones). The other rows' published "
@@ -275,12 +343,21 @@ def markdown(rows: list[dict], notes: list[str], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_csv(rows: list[dict], path: Path) -> None:
+def csv_columns(with_cost: bool = False) -> list[str]:
+    """The CSV's columns; ``with_cost``: the benchmark's after gflops."""
+    if not with_cost:
+        return list(CSV_COLUMNS)
+    at = CSV_COLUMNS.index("gflops") + 1
+    return CSV_COLUMNS[:at] + [column for column, _ in BENCHMARK_COLUMNS] + CSV_COLUMNS[at:]
+
+
+def write_csv(rows: list[dict], path: Path, with_cost: bool = False) -> None:
+    columns = csv_columns(with_cost)
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(CSV_COLUMNS)
+        writer.writerow(columns)
         for r in rows:
-            writer.writerow([_csv_value(r[c]) for c in CSV_COLUMNS])
+            writer.writerow([_csv_value(r[c]) for c in columns])
 
 
 def command_line(args: argparse.Namespace) -> str:
@@ -290,6 +367,8 @@ def command_line(args: argparse.Namespace) -> str:
         argv += ["--archs", args.archs]
     if args.attentions is not None:
         argv += ["--attentions", args.attentions]
+    if getattr(args, "benchmark", None) is not None:
+        argv += ["--benchmark", args.benchmark]
     return shlex.join(argv)
 
 
@@ -302,12 +381,16 @@ def main(args: argparse.Namespace) -> dict:
     archs = _subset(args.archs, ARCHS, "arch")
     attentions = _subset(args.attentions, ATTENTIONS, "attention", {"baseline": "none"})
     evaluations = collect_evaluations(args.inputs)  # bad input fails here, before any measurement
+    benchmark_path = getattr(args, "benchmark", None)
+    benchmark = read_benchmark(benchmark_path) if benchmark_path is not None else None
     rows, notes = build_rows(archs, attentions, evaluations)
+    if benchmark is not None:
+        notes = join_benchmark(rows, benchmark, benchmark_path) + notes
     csv_path = output.with_suffix(".csv")
     if output.parent != Path(""):
         output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(markdown(rows, notes, command_line(args)), encoding="utf-8")
-    write_csv(rows, csv_path)
+    output.write_text(markdown(rows, notes, command_line(args), benchmark is not None), encoding="utf-8")
+    write_csv(rows, csv_path, benchmark is not None)
     print(f"=> wrote {output}")
     print(f"=> wrote {csv_path}")
     return {"rows": rows, "notes": notes, "markdown": output, "csv": csv_path}

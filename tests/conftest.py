@@ -12,7 +12,7 @@ os.environ.setdefault("SIMAM_IMPL", "eager")
 def _seed_and_simam_implementation():
     torch.manual_seed(0)
     yield
-    import networks  # a test that chose another SimAM implementation must not leak it into the next
+    import networks  # a test that changed the default implementation (of models built afterwards) must not leak it
 
     networks.set_simam_implementation(os.environ["SIMAM_IMPL"])
 

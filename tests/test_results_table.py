@@ -70,7 +70,8 @@ def test_the_evaluation_json_is_a_real_simam_run(evaluation):
 
 def test_reads_exactly_what_the_evaluation_writes(evaluation, tmp_path):
     """`main_imagenet.py -e` writes the keys of EVAL_JSON_KEYS and the table reads such a file; without any of
-    them (bad_images aside: evaluations written before it lack it) a file is not an evaluation."""
+    them (bad_images, tta and weights aside: evaluations written before them lack them) a file is not an
+    evaluation."""
     result = evaluation["result"]
     assert set(result) == set(EVAL_JSON_KEYS) and len(result) == len(EVAL_JSON_KEYS)
     read = table.read_evaluation(str(evaluation["json"]))
@@ -78,7 +79,7 @@ def test_reads_exactly_what_the_evaluation_writes(evaluation, tmp_path):
     for key in EVAL_JSON_KEYS:
         path = tmp_path / f"without_{key}.json"
         path.write_text(json.dumps({k: v for k, v in result.items() if k != key}))
-        if key == "bad_images":
+        if key in ("bad_images", "tta", "weights"):
             assert table.read_evaluation(str(path))["top1"] == result["top1"]
         else:
             with pytest.raises(table.NotAnEvaluation, match=f"missing keys {key}$"):
@@ -174,3 +175,21 @@ def test_command_line_bad_input_has_no_traceback(tmp_path):
                            "-o", str(tmp_path / "t.md")], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"error: no such file or folder: {tmp_path / 'nope'}"]
+
+
+def test_a_flip_tta_evaluation_is_marked_not_comparable(evaluation, tmp_path):
+    flipped = dict(evaluation["result"], tta="flip")
+    (tmp_path / "flip.json").write_text(json.dumps(flipped))
+    result = make_table(tmp_path / "flip.json", "-o", tmp_path / "t.md", "--archs", "resnet18", "--attentions",
+                        "simam")
+    row = markdown_row((tmp_path / "t.md").read_text(), "ResNet-18", "SimAM")
+    assert row["top1"] == f"{flipped['top1']:.2f} (flip TTA)" and row["delta_top1"] == row["delta_top5"] == "–"
+    assert any("not the paper's single-crop protocol" in note for note in result["notes"])
+
+
+def test_an_evaluation_written_before_tta_and_weights_still_reads(evaluation, tmp_path):
+    older = {key: value for key, value in evaluation["result"].items() if key not in ("tta", "weights")}
+    (tmp_path / "old.json").write_text(json.dumps(older))
+    make_table(tmp_path / "old.json", "-o", tmp_path / "t.md", "--archs", "resnet18", "--attentions", "simam")
+    row = markdown_row((tmp_path / "t.md").read_text(), "ResNet-18", "SimAM")
+    assert row["top1"] == f"{older['top1']:.2f}" and row["delta_top1"] != "–"

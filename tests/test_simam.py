@@ -91,3 +91,32 @@ def test_repr_and_validation():
             SimAM(e_lambda=bad)
     with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
         simam(torch.randn(3, 4, 5))
+
+
+def imported_modules(path):
+    """The modules a Python file imports (relative ones with their leading dots)."""
+    import ast
+
+    with open(path) as f:
+        tree = ast.parse(f.read())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            names.add("." * node.level + (node.module or ""))
+    return names
+
+
+def test_the_formula_lives_in_one_dependency_free_file():
+    """simam_functional imports only torch; the kernels import it but not the module (no import cycle); the
+    module, the package and the visualisation use its functions (one statement of the formula)."""
+    import networks
+    from networks.attentions import simam_functional, simam_kernels
+    from scripts import visualize_attention
+
+    assert imported_modules(simam_functional.__file__) == {"__future__", "torch"}
+    kernel_imports = imported_modules(simam_kernels.__file__)
+    assert ".simam_functional" in kernel_imports and ".simam" not in kernel_imports
+    assert networks.simam is simam_functional.simam and networks.simam_gate is simam_functional.simam_gate
+    assert visualize_attention.networks.simam_gate is simam_functional.simam_gate

@@ -81,11 +81,12 @@ def test_only_the_input_and_per_channel_statistics_are_saved():
 
 
 def test_network_keeps_one_extra_tensor_per_simam():
-    """Over the network without attention, ResNet-18 with fused SimAM keeps exactly the SimAM outputs
-    (the following BN's input) plus the statistics: the SimAM input is the conv output BN kept anyway."""
+    """Over the network without attention, ResNet-18 with the SimAM modules run one by one (not fused with the BN
+    after them) keeps exactly the SimAM outputs (the following BN's input) plus the statistics: the SimAM input
+    is the conv output BN kept anyway. tests/test_simam_bn.py: fused, the SimAM outputs are not kept."""
     x = torch.randn(2, 3, 64, 64)
     plain = create_net("resnet18", "none", num_classes=10)
-    with_simam = create_net("resnet18", "simam", num_classes=10)
+    with_simam = create_net("resnet18", "simam", num_classes=10, fuse_simam_bn=False)
     with_simam.load_state_dict(plain.state_dict(), strict=False)
     outputs = []
     hooks = [m.register_forward_hook(lambda m, i, o: outputs.append(o.nbytes + 2 * 4 * o.shape[0] * o.shape[1]))
@@ -160,12 +161,16 @@ def test_whole_model_compiled_matches_the_formula(monkeypatch):
 
 
 def test_bf16_autocast_training_step_matches_the_formula():
+    """SimAM's own kernels (the BN after it run separately): at this size a bf16 step is dominated by rounding
+    (both differ from the float64 step by ~100%), so only identical BN kernels agree to 5%. The fused SimAM + BN
+    step is compared with the fp32 step in tests/test_simam_bn.py."""
     grads = []
     for implementation in ("reference", "eager"):
         networks.set_simam_implementation(implementation)
         try:
             torch.manual_seed(0)
-            model = create_net("resnet18", "simam", num_classes=5).to(memory_format=torch.channels_last)
+            model = create_net("resnet18", "simam", num_classes=5, fuse_simam_bn=False).to(
+                memory_format=torch.channels_last)
             x = torch.randn(2, 3, 32, 32).to(memory_format=torch.channels_last)
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 loss = model(x).float().logsumexp(1).sum()

@@ -20,11 +20,15 @@ FAST_SETTINGS = {"amp": "auto", "channels_last": True, "compile": True, "input_p
 
 
 def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` computes in bf16 natively (CUDA with bf16 support, CPUs with AVX512-BF16 or AMX)."""
+    """Whether ``device`` computes in bf16 natively and faster than in fp32: CUDA with bf16 support, CPUs with AMX.
+    (With AVX512-BF16 alone, oneDNN's bf16 convolutions are slower than fp32 ones: 1.55x on a 2-core Xeon, see
+    results/benchmarks/simam-bn-goals-cpu.md.)"""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported(including_emulation=False)
     if device.type == "cpu":
-        return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        init_amx = getattr(torch._C._cpu, "_init_amx", None)  # True where the CPU has AMX tiles (and the OS allows)
+        return (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+                and bool(init_amx and init_amx()))
     return False
 
 

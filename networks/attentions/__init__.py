@@ -18,9 +18,9 @@ from ..registry import Registry
 from .cbam import CBAM
 from .eca import ECAModule
 from .se import SEModule
-from .simam import SimAM, simam, simam_gate
-from .simam_kernels import IMPLEMENTATIONS as SIMAM_IMPLEMENTATIONS
-from .simam_kernels import get_simam_implementation, set_simam_implementation, simam_fused
+from .simam import IMPLEMENTATIONS as SIMAM_IMPLEMENTATIONS
+from .simam import SimAM, get_simam_implementation, set_simam_implementation, simam, simam_fused, simam_gate
+from .simam_kernels import simam_batch_norm
 from .srm import SRMModule
 
 
@@ -92,4 +92,4 @@ def create_attn(attention_type: str, channels: int, attention_param: float | Non
 __all__ = ["ATTENTIONS", "AttentionSpec", "CBAM", "ECAModule", "SEModule", "SRMModule", "SimAM",
            "SIMAM_IMPLEMENTATIONS", "attention_factory", "create_attn", "describe_attention",
            "get_simam_implementation",
-           "set_simam_implementation", "simam", "simam_fused", "simam_gate"]
+           "set_simam_implementation", "simam", "simam_batch_norm", "simam_fused", "simam_gate"]

@@ -19,7 +19,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 from torchvision.ops.misc import Conv2dNormActivation
 
 from .attentions.simam import SimAM
-from .attentions.simam_kernels import simam_batch_norm
+from .attentions.simam_kernels import exporting, simam_batch_norm
 
 __all__ = ["fuse_simam_batchnorm", "fused_pairs"]
 
@@ -35,7 +35,7 @@ def _fusable(attention: nn.Module, norm: nn.Module) -> bool:
     return (type(norm) is nn.BatchNorm2d and norm.training and norm.affine and isinstance(attention, SimAM)
             and attention.implementation != "reference" and not _hooked(attention) and not _hooked(norm)
             and not (_global_forward_hooks or _global_forward_pre_hooks or _global_backward_hooks)
-            and not torch.fx._symbolic_trace.is_fx_tracing())
+            and not torch.fx._symbolic_trace.is_fx_symbolic_tracing() and not exporting())
 
 
 def _momentum(norm: nn.BatchNorm2d) -> float:

@@ -130,7 +130,10 @@ def test_sync_bn_trains_and_its_checkpoints_load_strictly_into_the_plain_model(t
     plain = networks.create_net("resnet18", "simam", 0.1, num_classes=3)
     plain.load_state_dict(synced["state_dict"], strict=True)
     assert direct_accuracy(plain, three_class_data / "val")[0] == pytest.approx(synced_run["val_top1"])
-    assert synced_run["val_top1"] == plain_run["val_top1"] and synced_run["train_loss"] == plain_run["train_loss"]
+    # the plain run fuses each SimAM with its BatchNorm (networks/simam_bn.py), SyncBN runs them one by one: the same
+    # values up to rounding
+    assert synced_run["val_top1"] == plain_run["val_top1"]
+    assert synced_run["train_loss"] == pytest.approx(plain_run["train_loss"], rel=1e-4)
 
 
 def test_sync_bn_conversion_keeps_the_state_dict_and_evaluates_the_same():

@@ -32,7 +32,10 @@ def test_forward_matches_release_eval_and_train(arch, attention):
     with torch.no_grad():
         out = model(x)
         expected = reference_forward(arch, sd, x, attention, True)
-    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+    # training mode normalises with the statistics of a batch of 2, which amplifies rounding through the network:
+    # create_net's fused SimAM + BatchNorm step rounds differently from SimAM then BN (each pair is checked
+    # within 1e-5 in tests/test_simam_bn.py), which moves a logit near 0 by up to ~3e-5
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
     # the running statistics moved the same way (CBAM's spatial BN uses momentum 0.01)
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, sd[key], rtol=1e-4, atol=1e-5, msg=lambda m, key=key: f"{key}: {m}")

@@ -225,12 +225,13 @@ def main(args: argparse.Namespace) -> dict[str, Any] | None:
 def check_args(args: argparse.Namespace) -> None:
     """Reject bad flag values before any process starts (one line each)."""
     for name in ("epochs", "batch_size", "print_freq", "log_freq", "train_crop_size", "val_resize_size",
-                 "val_crop_size"):
+                 "val_crop_size", "model_ema_steps", "accum_steps", "augmix_severity", "lr_step_size"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     for name in ("workers", "start_epoch", "warmup_epochs", "lr", "weight_decay", "momentum", "max_bad_steps",
-                 "checkpoint_interval", "checkpoint_every_steps"):
-        if getattr(args, name) < 0:
+                 "checkpoint_interval", "checkpoint_every_steps", "lr_gamma", "lr_min", "mixup_alpha", "cutmix_alpha",
+                 "ra_magnitude", "norm_weight_decay", "bias_weight_decay"):
+        if getattr(args, name) is not None and getattr(args, name) < 0:  # None: the option's default applies
             raise UserError(f"--{name.replace('_', '-')} must not be negative, got {getattr(args, name)}")
     if not 0.0 <= args.label_smoothing < 1.0:
         raise UserError(f"--label-smoothing must be in [0, 1), got {args.label_smoothing}")
@@ -251,14 +252,7 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def check_recipe_args(args: argparse.Namespace) -> None:
-    """The modern recipe options' values (one line each)."""
-    for name in ("lr_gamma", "lr_min", "mixup_alpha", "cutmix_alpha", "ra_magnitude", "norm_weight_decay",
-                 "bias_weight_decay"):
-        if getattr(args, name) is not None and getattr(args, name) < 0:
-            raise UserError(f"--{name.replace('_', '-')} must not be negative, got {getattr(args, name)}")
-    for name in ("model_ema_steps", "accum_steps", "augmix_severity", "lr_step_size"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    """The modern recipe options' values beyond their ranges' signs (one line each)."""
     if not 0.0 < args.model_ema_decay < 1.0:
         raise UserError(f"--model-ema-decay must be in (0, 1), got {args.model_ema_decay}")
     if not 0.0 <= args.random_erase <= 1.0:
@@ -527,9 +521,9 @@ def set_up(args: argparse.Namespace, spec: RunSpec, checkpoint: LoadedCheckpoint
     return Run(spec, data, model, options, log, cost)
 
 
-def evaluation_model(model: nn.Module, compile: bool) -> nn.Module:
+def evaluation_model(model: nn.Module, compiled: bool) -> nn.Module:
     """The model validation runs (compiled on its own with ``--compile``: its graph has no autograd)."""
-    return compile_model(model) if compile else model
+    return compile_model(model) if compiled else model
 
 
 def evaluate_checkpoint(run: Run, checkpoint: LoadedCheckpoint | None, args: argparse.Namespace) -> dict[str, Any]:

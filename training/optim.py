@@ -133,7 +133,7 @@ class NonFiniteGuard:
         self.counted_until, self.bad_steps = 0, 0
         self._found_inf = torch.zeros(1, device=device)
         self._one = torch.ones(1, device=device)
-        self._buffers = [buffer for buffer in model.buffers()] if model is not None else []
+        self._buffers = list(model.buffers()) if model is not None else []
         self._saved = [torch.empty_like(buffer) for buffer in self._buffers]
 
     def save_buffers(self) -> None:

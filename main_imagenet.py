@@ -44,6 +44,7 @@ from training.checkpoint import (
     capture_rng_per_process,
     load_weights,
     newest_valid_checkpoint,
+    progress_of,
     read_checkpoint,
     remove_partial_saves,
     save_checkpoint,
@@ -58,7 +59,7 @@ from training.lock import RunLock, job_id
 from training.metrics import RunLog
 from training.mixing import BatchMixer
 from training.optim import build_optimizer
-from training.performance import AMP_CHOICES, INPUT_PIPELINES, amp_dtype_for, compile_model
+from training.performance import AMP_CHOICES, INPUT_PIPELINES, amp_dtype_for, compile_model, set_tf32
 from training.schedule import SCHEDULES, build_scheduler, schedule_options
 from training.signals import StopRequest
 from training.state import LoadedCheckpoint, RunSpec, TrainState, run_folder
@@ -105,7 +106,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     arg("--dist-timeout", default=30.0, type=float, metavar="MIN",
         help="minutes a process waits for the others before failing")
     arg("--seed", default=None, type=int,
-        help="seed for initialisation, data order and augmentation (appended to the run folder name)")
+        help="seed for initialisation, data order and augmentation (appended to the run folder name); also makes "
+             "cuDNN deterministic (its benchmark mode off: slower on GPUs)")
     arg("--gpu", default=None, type=str,
         help="GPU ids to use, e.g. 0,1,2,3 (one process per GPU), or 'cpu' "
              "(default: GPU 0 if CUDA is available, else CPU)")
@@ -131,6 +133,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     arg("--amp", default="off", choices=AMP_CHOICES,
         help="mixed precision; fp16 uses a gradient scaler; auto: bf16 where the device has it natively, "
              "else fp16 on CUDA, else off")
+    arg("--no-tf32", action="store_true",
+        help="fp32 matrix products and convolutions in full fp32 on GPUs from Ampere on (default: TF32 for both, "
+             "as torch does for convolutions; under --amp, for the operations autocast keeps in fp32)")
     arg("--channels-last", action="store_true", help="channels_last memory format for the model and inputs")
     arg("--compile", action="store_true", help="torch.compile the model (the first steps are slower while it compiles)")
     arg("--input-pipeline", default="pil", choices=INPUT_PIPELINES,
@@ -374,6 +379,7 @@ def worker(ctx: distributed.Context, args: argparse.Namespace) -> dict[str, Any]
         state = build_train_state(run, checkpoint, args)
         if args.save_weights:
             return save_weights(state.model, args.save_weights, run.log)
+        del checkpoint  # its tensors are in the model and optimizer now (else ~0.5 GB per process for R101 + EMA)
         return fit(run, state, args)
     finally:
         if lock is not None:
@@ -388,30 +394,44 @@ def worker(ctx: distributed.Context, args: argparse.Namespace) -> dict[str, Any]
 def find_checkpoint(args: argparse.Namespace, ctx: distributed.Context) -> LoadedCheckpoint | None:
     """The checkpoint ``--resume`` names: a file, the newest readable one of a run folder, or with 'auto' this
     run's folder when it has one (preemptible jobs, and by default workers that torchrun restarted); None to
-    start afresh. Rank 0 chooses a run folder's file and every process reads that one."""
-    path = args.resume  # a file or a run folder
-    if not path and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
-        path = "auto"
+    start afresh. A worker that torchrun restarted continues from its run folder's newest readable checkpoint
+    whenever that is further along than the file ``--resume`` names. Rank 0 alone looks at the filesystem and
+    decides (a node-local --ckpt or a stale NFS cache cannot make the processes disagree); every process then
+    reads the file it chose, and an error on any process stops all of them."""
+    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+    path = args.resume or ("auto" if restarted else "")  # a file or a run folder
+    if not path:
+        return None
+    chosen = distributed.agree_on_errors(lambda: choose_checkpoint(path, args, restarted) if ctx.is_main else None)
+    path, listed = distributed.broadcast_object((chosen.path, chosen.listed) if chosen else (None, {}))
+    if path is None:
+        return None
+    return distributed.agree_on_errors(lambda: chosen or LoadedCheckpoint(path, read_checkpoint(path), listed))
+
+
+def choose_checkpoint(path: str, args: argparse.Namespace, restarted: bool) -> LoadedCheckpoint | None:
+    """Rank 0's choice for ``find_checkpoint``, read."""
     if path == "auto":
         path = run_folder(args.ckpt, identify(None, args), args.seed)
         if not any(os.path.isfile(os.path.join(path, name)) for name in RESUME_CANDIDATES):
             return None
-    if not path:
-        return None
     if os.path.isdir(path):
-        found, chosen = None, None
-        if ctx.is_main:
-            found = newest_valid_checkpoint(path)
-            chosen = found[0] if found else None
-        chosen = distributed.broadcast_object(chosen)  # the files may change while the processes look
-        if chosen is None:
+        found = newest_valid_checkpoint(path)
+        if found is None:
             raise UserError(f"no readable checkpoint in {path} (looked for {', '.join(RESUME_CANDIDATES)}); "
                             "move damaged files away to start a new run there")
-        return LoadedCheckpoint(*found) if found else LoadedCheckpoint(chosen, read_checkpoint(chosen))
+        return LoadedCheckpoint(*found)
     listed = verify_manifest(path) if os.path.isfile(path) else {}
-    if listed.get("sha256") and ctx.is_main:
+    if listed.get("sha256"):
         print(f"=> {path}: sha256 matches the manifest")
-    return LoadedCheckpoint(path, read_checkpoint(path), listed)
+    checkpoint = LoadedCheckpoint(path, read_checkpoint(path), listed)
+    if restarted:  # the run this file started may have saved further since
+        folder = run_folder(args.ckpt, identify(checkpoint, args), args.seed)
+        found = newest_valid_checkpoint(folder) if os.path.isdir(folder) else None
+        if found is not None and progress_of(found[1]) > progress_of(checkpoint.content):
+            print(f"=> restarted worker: continuing from {found[0]}, further along than --resume {path}")
+            return LoadedCheckpoint(*found)
+    return checkpoint
 
 
 def identify(checkpoint: LoadedCheckpoint | None, args: argparse.Namespace) -> networks.NetworkSpec:
@@ -475,9 +495,13 @@ def set_up(args: argparse.Namespace, spec: RunSpec, checkpoint: LoadedCheckpoint
            ctx: distributed.Context) -> Run:
     """Seed, data, run folder and logs, the model on the device, and how steps run."""
     seed_everything(spec.seed, spec.deterministic)
+    set_tf32(not args.no_tf32)
     if args.batch_size % (ctx.world_size * args.accum_steps):
         raise UserError(f"-b {args.batch_size} does not split evenly over {ctx.world_size} processes"
                         + (f" x {args.accum_steps} micro-batches (--accum-steps)" if args.accum_steps > 1 else ""))
+    if args.accum_steps > 1 and args.batch_size // (ctx.world_size * args.accum_steps) < 2:
+        raise UserError(f"-b {args.batch_size} over {ctx.world_size} process(es) x {args.accum_steps} micro-batches "
+                        "leaves 1 image per micro-batch, and BatchNorm needs at least 2: lower --accum-steps")
     if args.sync_bn and ctx.world_size > 1 and ctx.device.type != "cuda":
         raise UserError("--sync-bn runs on GPUs only (torch's SyncBatchNorm has no CPU implementation); leave it out "
                         "on the CPU")
@@ -507,7 +531,8 @@ def set_up(args: argparse.Namespace, spec: RunSpec, checkpoint: LoadedCheckpoint
     model.to(ctx.device, memory_format=memory_format)
     amp_dtype = amp_dtype_for(args.amp, ctx.device)
     simam_kernels = networks.get_simam_implementation(model)  # None: no SimAM
-    log.print(f"=> precision {str(amp_dtype).replace('torch.', '') if amp_dtype else 'fp32'}, "
+    tf32 = "" if ctx.device.type != "cuda" else " (fp32 without TF32)" if args.no_tf32 else " (TF32 for fp32 math)"
+    log.print(f"=> precision {str(amp_dtype).replace('torch.', '') if amp_dtype else 'fp32'}{tf32}, "
               f"{'channels_last' if args.channels_last else 'contiguous'}, "
               f"{'torch.compile' if args.compile else 'eager'}, {args.input_pipeline} input pipeline"
               + (f", SimAM kernels: {simam_kernels}, {networks.fused_pairs(model)} SimAM + BatchNorm pairs fused"
@@ -663,9 +688,10 @@ def fit(run: Run, state: TrainState, args: argparse.Namespace) -> dict[str, Any]
             log.epoch(result)
             state.epoch, state.iteration, state.sums = epoch + 1, 0, None
             save(best=is_best)
-            if stop.requested:
-                log.print(f"=> stopped by {stop.signal_name} after epoch {epoch}; continue with --resume {latest}",
-                          to_file=True)
+            # agreed: a signal that reached rank 0 alone while it saved must stop the others too
+            if distributed.any_process(stop.requested, ctx.device):
+                log.print(f"=> stopped by {stop.signal_name or 'a signal on another process'} after epoch {epoch}; "
+                          f"continue with --resume {latest}", to_file=True)
                 return {**result, "stopped": True, "best_acc": state.best_acc}
     best = f"{state.best_acc:.3f}" + (" (EMA)" if state.best_of == "ema" else "")
     log.print(f"=> done: best Acc@1 {best}; checkpoints {latest} and "

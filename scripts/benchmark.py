@@ -13,7 +13,8 @@ Every suite prints its JSON (device, torch version, settings, figures) and write
 ``results/benchmarks/table-<device>.csv`` (one row per arch x attention), which
 ``scripts/make_results_table.py --benchmark`` joins into the results table. ``--json`` prints one line instead and
 writes a file only with ``--output``. Candidates are timed in alternation, round after round, and each
-figure is the median over rounds, so that a ratio compares like with like.
+figure is the median over rounds, so that a ratio compares like with like. The settings' ``compile`` is True only
+where every timed call ran compiled graphs (past dynamo's recompile limit, a model runs eager).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from training.distributed import Context  # noqa: E402
 from training.engine import StepOptions, train_step  # noqa: E402
 from training.errors import UserError  # noqa: E402
 from training.optim import build_optimizer  # noqa: E402
-from training.performance import AMP_CHOICES, FAST_SETTINGS, amp_dtype_for, to_device  # noqa: E402
+from training.performance import AMP_CHOICES, FAST_SETTINGS, amp_dtype_for, compile_model, to_device  # noqa: E402
 from training.state import TrainState  # noqa: E402
 
 
@@ -68,6 +69,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     arg("--num-classes", type=int, default=1000)
     arg("--amp", default=FAST_SETTINGS["amp"], choices=AMP_CHOICES, help="mixed precision of the recommended settings")
     arg("--no-compile", action="store_true", help="recommended settings without torch.compile")
+    arg("--compile-backend", default="inductor", help="torch.compile's backend (aot_eager: graph capture alone)")
     arg("--no-baseline", action="store_true", help="skip the release's fp32 eager baseline")
     arg("--attention-overhead", action="store_true",
         help="also time the same network without attention (recommended settings) for the attention's overhead")
@@ -199,6 +201,23 @@ def simam_bn_speed(args, device: torch.device, x: torch.Tensor, grad: torch.Tens
             for name, t in times.items()}
 
 
+class CountingBackend:
+    """A ``torch.compile`` backend (``name``'s) that counts the calls of the graphs it compiled: a frame past
+    dynamo's recompile budget runs eager without a word, and a benchmark must say what it timed."""
+
+    def __init__(self, name: str = "inductor") -> None:
+        self.backend = torch._dynamo.lookup_backend(name)
+        self.calls = 0
+
+    def __call__(self, graph_module, example_inputs):
+        compiled = self.backend(graph_module, example_inputs)
+
+        def run(*args):
+            self.calls += 1
+            return compiled(*args)
+        return run
+
+
 class TrainBench:
     """One model, optimizer and batch with given settings; ``step()`` is the project's training step."""
 
@@ -209,12 +228,14 @@ class TrainBench:
         self.device, self.simam_impl = device, simam_impl
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         attention_type = attention_type or args.attention_type
+        self.label = f"{args.arch} with {attention_type}"
         param = args.attention_param if attention_type == args.attention_type else None
         model = networks.create_net(args.arch, attention_type, param, args.num_classes, simam_impl=simam_impl,
                                     fuse_simam_bn=fuse_simam_bn)
         model.to(device, memory_format=self.memory_format).train()
         self.module = model  # (uncompiled: saved-memory counts)
-        self.model = torch.compile(model) if compile else model
+        self.backend = CountingBackend(args.compile_backend) if compile else None
+        self.model = compile_model(model, backend=self.backend) if compile else model
         amp_dtype = amp_dtype_for(amp, device)
         lr, momentum, weight_decay = 0.1, 0.9, 1e-4
         # the project's optimizer, or the release's (torch's default SGD implementation)
@@ -231,6 +252,18 @@ class TrainBench:
         self.settings = {"amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
                          "channels_last": channels_last, "compile": compile, "simam_impl": simam_impl,
                          "input": "uint8, normalised on the device" if uint8 else "float32"}
+
+    def graph_calls(self) -> int:
+        """Calls of compiled graphs so far."""
+        return self.backend.calls if self.backend is not None else 0
+
+    def ran_compiled(self, method: str, graph_calls: int, timed_calls: int) -> bool:
+        """Whether ``timed_calls`` of ``method`` ('step', 'infer') that ran ``graph_calls`` compiled graphs all ran
+        the graphs that one more call runs."""
+        before = self.graph_calls()
+        getattr(self, method)()
+        per_call = self.graph_calls() - before
+        return per_call > 0 and graph_calls == per_call * timed_calls
 
     def step(self) -> None:
         images, target = to_device(*self.batch, self.device, self.memory_format)
@@ -249,6 +282,21 @@ class TrainBench:
         images = to_device(*self.batch, self.device, self.memory_format)[0]
         with self.autocast():
             return saved_for_backward(self.module, images)
+
+
+def time_benches(benches: dict[str, TrainBench], method: str, rounds: int, per_round: int,
+                 synchronize: Callable[[], None]) -> dict[str, float]:
+    """``alternate`` over ``method`` ('step' or 'infer') of the benches. A compiled bench whose timed calls did not
+    all run compiled (dynamo past its recompile budget runs eager without a word) gets ``compile`` False."""
+    graph_calls = {name: bench.graph_calls() for name, bench in benches.items()}
+    times = alternate({name: getattr(bench, method) for name, bench in benches.items()}, rounds, per_round, synchronize)
+    for name, bench in benches.items():
+        if bench.backend is not None and not bench.ran_compiled(method, bench.graph_calls() - graph_calls[name],
+                                                                  rounds * per_round):
+            bench.settings["compile"] = False
+            print(f"warning: {bench.label} ({name}): the timed {method} calls ran eager, not compiled "
+                  "(past dynamo's recompile limit?)", file=sys.stderr)
+    return times
 
 
 def recommended_and_release(args, device: torch.device) -> dict[str, TrainBench]:
@@ -274,8 +322,7 @@ def suite_train(args) -> dict:
         for _ in range(args.warmup):
             bench.step()
     rounds = max(1, min(args.rounds, args.steps))
-    times = alternate({name: bench.step for name, bench in benches.items()}, rounds,
-                      max(1, args.steps // rounds), partial(synchronize, device))
+    times = time_benches(benches, "step", rounds, max(1, args.steps // rounds), partial(synchronize, device))
     result = {"arch": args.arch, "attention_type": args.attention_type, "attention_param": attention_param(args),
               "batch_size": args.batch_size, "image_size": args.image_size, "steps": args.steps,
               "settings": benches["recommended"].settings,
@@ -320,8 +367,7 @@ def suite_eval(args) -> dict:
         for _ in range(args.warmup):
             bench.infer()
     rounds = max(1, min(args.rounds, args.steps))
-    times = alternate({name: bench.infer for name, bench in benches.items()}, rounds,
-                      max(1, args.steps // rounds), partial(synchronize, device))
+    times = time_benches(benches, "infer", rounds, max(1, args.steps // rounds), partial(synchronize, device))
     result = {"arch": args.arch, "attention_type": args.attention_type, "attention_param": attention_param(args),
               "batch_size": args.batch_size, "image_size": args.image_size, "settings": benches["recommended"].settings,
               "images_per_sec": args.batch_size / times["recommended"]}
@@ -388,14 +434,12 @@ def suite_table(args) -> dict:
         for bench in benches.values():
             for _ in range(args.warmup):
                 bench.step()
-        train = alternate({name: bench.step for name, bench in benches.items()}, rounds,
-                          max(1, args.steps // rounds), sync)
+        train = time_benches(benches, "step", rounds, max(1, args.steps // rounds), sync)
         for bench in benches.values():
             bench.model.eval()
             for _ in range(args.warmup):
                 bench.infer()
-        infer = alternate({name: bench.infer for name, bench in benches.items()}, rounds,
-                          max(1, args.steps // rounds), sync)
+        infer = time_benches(benches, "infer", rounds, max(1, args.steps // rounds), sync)
         for attention, bench in benches.items():
             activations, (peak_mb, peak_kind) = memory[attention]
             settings = bench.settings

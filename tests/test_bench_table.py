@@ -109,3 +109,22 @@ def test_benchmark_models_carry_their_own_simam_implementation():
     assert networks.get_simam_implementation(benches["recommended"].module) == "auto"
     assert networks.fused_pairs(benches["recommended"].module) == 8 and networks.fused_pairs(
         benches["release"].module) == 0
+
+
+def test_table_says_whether_the_timed_calls_ran_compiled(monkeypatch, capsys):
+    """``compile`` is True only where every timed step and inference ran compiled graphs: with a budget of one graph
+    per model, the evaluation graph is past it and inference runs eager (dynamo says so only in its log)."""
+    monkeypatch.setattr(networks.attentions.simam_kernels, "compiled_available", lambda device: False)
+    argv = ["--suite", "table", "--archs", "resnet18", "--attentions", "none", "-b", "2", "--image-size", "32",
+            "--steps", "1", "--warmup", "1", "--rounds", "1", "--num-classes", "10", "--compile-backend", "eager",
+            "--json"]
+    compiled = {}
+    try:
+        for limit in (2, 1):
+            torch._dynamo.reset()
+            with torch._dynamo.config.patch(recompile_limit=limit):
+                compiled[limit] = benchmark.main(argv)["rows"][0]["compile"]
+    finally:
+        torch._dynamo.reset()
+    assert compiled == {2: True, 1: False}
+    assert "resnet18 with none (none): the timed infer calls ran eager" in capsys.readouterr().err

@@ -114,6 +114,22 @@ def test_low_precision_uses_fp32_statistics(dtype, tol):
     torch.testing.assert_close(norm.running_var.double(), norm64.running_var, rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.skipif(not simam_kernels.compiled_available(torch.device("cpu")),
+                    reason="torch.compile needs a C++ compiler on CPU")
+def test_compiled_low_precision_step_rounds_as_the_eager_one(dtype):
+    """The compiled kernels keep the step's round trips through fp16/bf16 (the values the unfused pair hands from
+    SimAM to BN and back): without them a third of the outputs and input gradients differ by one rounding step."""
+    x = (torch.randn(4, 16, 14, 14) * 3 + 1).to(dtype)
+    grad = torch.randn(x.shape).to(dtype)
+    attention, norm = pair(16)
+    (want, want_grads), (got, got_grads) = [
+        run(lambda t: fused_call(attention, copy.deepcopy(norm), t, implementation), x, grad, [])
+        for implementation in ("eager", "compiled")]
+    for name, g, w in (("output", got, want), ("input gradient", got_grads[0], want_grads[0])):
+        assert (g != w).double().mean().item() <= 0.01, name
+
+
 def test_one_value_per_channel_is_rejected_like_batchnorm():
     attention, norm = pair(3)
     with pytest.raises(ValueError, match="more than 1 value per channel"):

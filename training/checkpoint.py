@@ -106,10 +106,18 @@ def newest_valid_checkpoint(run_dir: str, report=print) -> tuple[str, Any] | Non
         except ValueError as error:
             report(f"=> skipping {path}: {one_line(error)}")
             continue
-        progress = (int(checkpoint["epoch"]), int(checkpoint.get("iteration", 0)))
+        progress = progress_of(checkpoint)
         if furthest is None or progress > furthest:  # ties: the first in candidate order; only one kept in memory
             found, furthest = (path, checkpoint), progress
     return found
+
+
+def progress_of(checkpoint: Any) -> tuple[int, int]:
+    """How far into training a checkpoint is: (completed epochs, iteration inside the next); (-1, 0) for a file
+    without a training state (bare weights)."""
+    if not (isinstance(checkpoint, dict) and "epoch" in checkpoint):
+        return (-1, 0)
+    return int(checkpoint["epoch"]), int(checkpoint.get("iteration", 0) or 0)
 
 
 MANIFEST = "manifest.csv"

@@ -280,8 +280,11 @@ def build_data(args, world_size: int, rank: int, seed: int, batch_per_process: i
     train_loader = None
     if train_set is not None:
         sampler = TrainSampler(len(train_set), world_size, rank, seed, size_of_epoch)
-        # a last batch of one image would stop BatchNorm ("more than 1 value per channel"): leave it out
-        drop_last = sampler.per_replica % batch_per_process == 1
+        # An incomplete last batch is left out when it would hold one image (BatchNorm stops: "more than 1 value
+        # per channel"), and always under gradient accumulation, where it would make micro-batches of unequal size
+        # (down to one image) and, under torch.compile, one more graph per odd size.
+        remainder = sampler.per_replica % batch_per_process
+        drop_last = remainder == 1 or (remainder > 0 and getattr(args, "accum_steps", 1) > 1)
         train_loader = DataLoader(SeededSamples(train_set, skip_bad), sampler=sampler, drop_last=drop_last,
                                   **loader_options)
     val_sampler = EvalShard(len(val_set), world_size, rank)

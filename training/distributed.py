@@ -6,11 +6,14 @@ import os
 import socket
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Callable, TypeVar
 
 import torch
 import torch.distributed as dist
 
-from .errors import UserError
+from .errors import UserError, one_line
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -118,3 +121,30 @@ def broadcast_int(value: int, device: torch.device) -> int:
     dist.broadcast(tensor, src=0)
     return int(tensor.item())
 
+
+
+def any_process(flag: bool, device: torch.device) -> bool:
+    """Whether ``flag`` is true on any process (a collective; ``flag`` itself without a process group)."""
+    if not dist.is_initialized():
+        return flag
+    return bool(all_reduce_sum(torch.tensor([float(flag)], device=device)).item() > 0)
+
+
+def agree_on_errors(function: Callable[[], T]) -> T:
+    """``function()`` on every process; a ``UserError`` raised on any of them is raised on all, naming the first
+    process that raised it, so that no process goes on to a collective the others never reach (a collective)."""
+    result, error = None, None
+    try:
+        result = function()
+    except UserError as raised:
+        error = one_line(raised)
+    if not dist.is_initialized():
+        if error is not None:
+            raise UserError(error)
+        return result
+    errors: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(errors, error)
+    for rank, message in enumerate(errors):
+        if message is not None:
+            raise UserError(message if rank == 0 else f"process {rank}: {message}")
+    return result

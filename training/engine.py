@@ -22,7 +22,7 @@ from .data import skipped_images
 from .errors import TrainingError
 from .metrics import RunLog, RunningSums, averages_of, progress_line, show_progress
 from .mixing import dominant_label
-from .optim import NonFiniteGuard, take_found_inf
+from .optim import NonFiniteGuard, skipped_flag, take_found_inf
 from .performance import to_device
 from .signals import StopRequest
 from .state import TrainState
@@ -79,9 +79,11 @@ def train_step(model: nn.Module, images: Tensor, target: Tensor, state: TrainSta
     ``guard``, a loss that is not finite is marked as step ``step``, and a loss or gradients that are not finite
     make no update and leave the buffers as they were (see ``training.optim``).
 
-    With ``options.accum_steps`` K > 1 the batch is cut into K equal micro-batches whose gradients add up (each
-    loss divided by K; under DDP the gradients are synchronised on the last one only), so the step is the
-    one the whole batch would give, except that BatchNorm normalises each micro-batch with its own statistics.
+    With ``options.accum_steps`` K > 1 the batch is cut into K micro-batches whose gradients add up (each loss
+    weighted by its share of the batch; under DDP the gradients are synchronised on the last one only), so the step
+    is the one the whole batch would give, except that BatchNorm normalises each micro-batch with its own
+    statistics. Training loaders give only whole batches then (``training.data.build_data``), so the micro-batches
+    are equal and every step has one graph under ``torch.compile``.
     """
     if guard is not None:
         guard.save_buffers()
@@ -89,25 +91,25 @@ def train_step(model: nn.Module, images: Tensor, target: Tensor, state: TrainSta
     if options.accum_steps == 1:
         output, loss = _forward_backward(model, images, target, state, options)
     else:
-        outputs, losses = [], []
+        outputs, weighted_losses = [], []
         micro_batches = list(zip(images.chunk(options.accum_steps), target.chunk(options.accum_steps)))
         for index, (part, part_target) in enumerate(micro_batches):
             last = index == len(micro_batches) - 1
             no_sync = getattr(model, "no_sync", None)  # DDP (also through torch.compile's wrapper)
+            share = len(part) / len(images)  # 1/K for equal micro-batches
             with no_sync() if no_sync is not None and not last else contextlib.nullcontext():
-                part_output, part_loss = _forward_backward(model, part, part_target, state, options,
-                                                           scale=1.0 / options.accum_steps)
+                part_output, part_loss = _forward_backward(model, part, part_target, state, options, scale=share)
             outputs.append(part_output.detach())
-            losses.append(part_loss.detach())
-        output, loss = torch.cat(outputs), torch.stack(losses).mean()
+            weighted_losses.append(part_loss.detach() * share)
+        output, loss = torch.cat(outputs), torch.stack(weighted_losses).sum()
     if guard is not None:
         guard.mark(loss, step)
         if not state.scaler.is_enabled():
             guard.flag_nonfinite_gradients(model, state.optimizer, loss)
     state.scaler.step(state.optimizer)
-    state.scaler.update()
     if guard is not None:
-        guard.restore_buffers_if_skipped(state.optimizer)
+        guard.restore_buffers_if_skipped(skipped_flag(state.optimizer, state.scaler))  # before update() forgets it
+    state.scaler.update()
     take_found_inf(state.optimizer)
     return output, loss
 
@@ -130,7 +132,8 @@ def train_one_epoch(model: nn.Module, loader, state: TrainState, options: StepOp
     epoch, start = state.epoch, state.iteration
     loader.sampler.set_epoch(epoch, skip=start * loader.batch_size)
     total = start + len(loader)
-    sums = RunningSums(options.device, state.sums if start else None)
+    # A checkpoint holds the sums over all processes: rank 0 carries them on, the others start from zero.
+    sums = RunningSums(options.device, state.sums if start and options.ctx.is_main else None)
     lr = state.optimizer.param_groups[0]["lr"]
     bar = tqdm(total=total, initial=start, desc=f"Epoch {epoch}", dynamic_ncols=True,
                disable=not show_progress(options.ctx.is_main, not options.progress))
@@ -171,12 +174,12 @@ def train_one_epoch(model: nn.Module, loader, state: TrainState, options: StepOp
         # One process checks its own flag every step; several agree at print intervals (no per-step sync).
         if stop.requested if not options.ctx.distributed else at_print and synced["stop"]:
             bar.close()
-            state.sums = sums.state()
+            state.sums = synced["sums"] if at_print else sums_over_processes(sums)
             return {"stopped": True}
         if checkpoints is not None and state.iteration < total and (
                 checkpoints.step_due(epoch * state.iterations_per_epoch + state.iteration)
                 or (at_print and synced["checkpoint"])):  # the epoch's last step: its own checkpoint follows
-            state.sums = sums.state()
+            state.sums = synced["sums"] if at_print else sums_over_processes(sums)
             checkpoints.write()
     bar.close()
     elapsed = time.perf_counter() - started
@@ -192,13 +195,19 @@ def train_one_epoch(model: nn.Module, loader, state: TrainState, options: StepOp
 def synchronize(sums: RunningSums, guard: NonFiniteGuard, step: int, stop_requested: bool, bad_images: int,
                 device: torch.device, checkpoint_due: bool = False) -> dict[str, Any]:
     """What the processes agree on at a print interval, in one collective and one host read: the running
-    averages over all processes, the epoch's non-finite steps so far (a step counts once however many processes
+    sums and averages over all processes, the epoch's non-finite steps so far (a step counts once however many processes
     saw it), whether any process was asked to stop, the images skipped so far, and whether any process is due
     to checkpoint."""
     flags = sums.sums.new_tensor([float(stop_requested), float(bad_images), float(checkpoint_due)])
     values = distributed.all_reduce_sum(torch.cat([sums.packed(), flags, guard.pending(step)])).tolist()
-    return {"averages": averages_of(values[:4]), "stop": values[4] > 0, "bad_images": int(values[5]),
-            "checkpoint": values[6] > 0, "nonfinite_steps": guard.add_counted(step, values[7:])}
+    return {"averages": averages_of(values[:4]), "sums": values[:4], "stop": values[4] > 0,
+            "bad_images": int(values[5]), "checkpoint": values[6] > 0,
+            "nonfinite_steps": guard.add_counted(step, values[7:])}
+
+
+def sums_over_processes(sums: RunningSums) -> list[float]:
+    """The running sums added over all processes, as a checkpoint saves them (a collective)."""
+    return distributed.all_reduce_sum(sums.packed()).tolist()
 
 
 def check_nonfinite(bad_steps: int, epoch: int, max_bad_steps: int, run_dir: str) -> None:

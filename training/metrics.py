@@ -39,7 +39,8 @@ class RunningSums:
     only when reported. ``state()`` / ``initial`` is ``[loss, top1, top5, count]``."""
 
     def __init__(self, device: torch.device, initial: list[float] | None = None) -> None:
-        *sums, self.count = initial or [0.0, 0.0, 0.0, 0]
+        *sums, count = initial or [0.0, 0.0, 0.0, 0]
+        self.count = int(count)
         self.sums = torch.tensor(sums, dtype=torch.float64, device=device)
 
     def update(self, loss_sum: torch.Tensor, output: torch.Tensor, target: torch.Tensor) -> None:

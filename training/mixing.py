@@ -47,7 +47,18 @@ class BatchMixer:
                  rank: int = 0) -> tuple[Tensor, Tensor]:
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(mixing_seed(self.seed, epoch, iteration, rank))
-            return self.transform(images, target)
+            mixed, soft_target = self.transform(images, target)
+        # roll() on CUDA writes a contiguous tensor: give a channels_last batch its layout back (one graph, no copy
+        # in the model's first layer)
+        return mixed.contiguous(memory_format=memory_format_of(images)), soft_target
+
+
+def memory_format_of(images: Tensor) -> torch.memory_format:
+    """channels_last for a 4-D batch laid out that way (and not also contiguous, as 1x1 images are), else
+    contiguous."""
+    if images.dim() == 4 and not images.is_contiguous() and images.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 def dominant_label(soft_target: Tensor) -> Tensor:

@@ -3,8 +3,9 @@
 The fused SGD kernel and ``NonFiniteGuard`` agree on one handshake, kept here: before ``optimizer.step()`` the
 guard sets ``optimizer.found_inf`` to a one-element device tensor that is 1 when this step's loss or gradients are
 not finite, and the kernel then leaves the weights and momentum as they were. It is the flag ``GradScaler`` itself
-hands the optimizer under fp16 (where the guard leaves the job to the scaler); nothing is read on the host. After
-the step the guard puts back the buffers (BatchNorm statistics) that the skipped step's forward pass moved, and
+hands the optimizer under fp16 (where the guard leaves the job to the scaler, and ``skipped_flag`` reads the
+scaler's record, as the scaler deletes the attribute after the step); nothing is read on the host. After the step
+the guard puts back the buffers (BatchNorm statistics) that the skipped step's forward pass moved, and
 ``take_found_inf`` removes the flag, so a later step without a guard does not see a stale one.
 """
 
@@ -152,11 +153,10 @@ class NonFiniteGuard:
             torch._amp_foreach_non_finite_check_and_unscale_(grads, self._found_inf, self._one)
         optimizer.found_inf = self._found_inf
 
-    def restore_buffers_if_skipped(self, optimizer: torch.optim.Optimizer) -> None:
-        """After ``optimizer.step()``: where the step was skipped (its ``found_inf``, ours or the scaler's), the
-        buffers saved by ``save_buffers`` come back, bit for bit (a select, never arithmetic, as the moved values
-        may be NaN); otherwise they stay. On the device, without a host sync."""
-        found_inf = getattr(optimizer, "found_inf", None)
+    def restore_buffers_if_skipped(self, found_inf: Tensor | None) -> None:
+        """After the step: where it was skipped (``found_inf``, from ``skipped_flag``), the buffers saved by
+        ``save_buffers`` come back, bit for bit (a select, never arithmetic, as the moved values may be NaN);
+        otherwise they stay. On the device, without a host sync."""
         if found_inf is None or not self._buffers:
             return
         skipped = found_inf.reshape(()) > 0
@@ -172,6 +172,17 @@ class NonFiniteGuard:
         self.bad_steps += sum(1 for value in summed_marks if value > 0)
         self.counted_until = step + 1
         return self.bad_steps
+
+
+def skipped_flag(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> Tensor | None:
+    """After ``scaler.step(optimizer)`` and before ``scaler.update()``: the device flag that is > 0 when the step was
+    skipped. Under fp16 that is the scaler's own record of overflowing gradients: the scaler hands the fused
+    optimizer its flag as ``optimizer.found_inf`` but deletes it right after the step, and ``update()`` forgets its
+    record. Otherwise it is the guard's flag (``NonFiniteGuard.flag_nonfinite_gradients``), or None without one."""
+    if scaler.is_enabled():
+        per_device = scaler._found_inf_per_device(optimizer)  # cleared by update()
+        return sum(per_device.values()) if per_device else None
+    return getattr(optimizer, "found_inf", None)
 
 
 def take_found_inf(optimizer: torch.optim.Optimizer) -> None:

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from .presets import PIPELINES as INPUT_PIPELINES
 from .presets import normalize_on_device
 
-__all__ = ["AMP_CHOICES", "FAST_SETTINGS", "INPUT_PIPELINES", "amp_dtype_for", "native_bf16", "to_device"]
+__all__ = ["AMP_CHOICES", "FAST_SETTINGS", "INPUT_PIPELINES", "amp_dtype_for", "native_bf16", "set_tf32", "to_device"]
 
 AMP_CHOICES = ("off", "fp16", "bf16", "auto")
 _AMP_DTYPES = {"off": None, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -42,6 +42,14 @@ def amp_dtype_for(amp: str, device: torch.device) -> torch.dtype | None:
     return _AMP_DTYPES[amp]
 
 
+def set_tf32(enabled: bool) -> None:
+    """Whether fp32 matrix products and convolutions may use TF32 tensor cores (GPUs from Ampere on; nothing
+    changes elsewhere). torch's defaults differ, TF32 for convolutions but not for matrix products (the
+    classifier), so both are set here, one way."""
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+
+
 def to_device(images: Tensor, target: Tensor, device: torch.device,
               memory_format: torch.memory_format = torch.contiguous_format) -> tuple[Tensor, Tensor]:
     """Move a batch to ``device`` without waiting for the copy; uint8 images (the uint8 input pipeline) are
@@ -52,7 +60,30 @@ def to_device(images: Tensor, target: Tensor, device: torch.device,
     return images.to(device, non_blocking=True, memory_format=memory_format), target
 
 
+# dynamo's recompile budget (``recompile_limit``, 8 graphs) belongs to a code object: unless a compile is isolated,
+# every model of a class (training, evaluation and EMA models alike) spends the one budget of its ``forward``.
+_DYNAMO_BUDGET = 8
+
+
+def _isolates_recompiles() -> bool:
+    """Whether ``torch.compile`` can give a compile its own budget (``isolate_recompiles``)."""
+    import inspect
+
+    return "isolate_recompiles" in inspect.signature(torch.compile).parameters
+
+
+def _widen_recompile_budget() -> None:
+    """Where compiles cannot be isolated: one more model's worth of graphs in the budget the models share."""
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # (the older name)
+    setattr(config, name, getattr(config, name) + _DYNAMO_BUDGET)
+
+
 def compile_model(model: nn.Module, backend: str | Callable = "inductor") -> nn.Module:
     """``torch.compile`` with static shapes: a smaller last batch, and each size of a ``--train-size-schedule``,
-    is one more graph, compiled on its first use and reused after (shapes never become dynamic)."""
+    is one more graph, compiled on its first use and reused after (shapes never become dynamic). Each compiled
+    model has its own recompile budget: past a shared one, new shapes would run eager without a word."""
+    if _isolates_recompiles():
+        return torch.compile(model, dynamic=False, backend=backend, isolate_recompiles=True)
+    _widen_recompile_budget()
     return torch.compile(model, dynamic=False, backend=backend)

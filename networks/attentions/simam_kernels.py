@@ -26,6 +26,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from .simam_functional import (
+    LOW_PRECISION,
     check_4d,
     simam,
     simam_backward_math,
@@ -65,10 +66,18 @@ def get_default_implementation() -> str:
 
 
 @lru_cache(maxsize=None)
-def _compiled(function):
+def _compiled(function, emulate_precision_casts: bool = False):
     # Shapes are symbolic (one kernel for every stage and batch size); an unusual variant past dynamo's
     # recompile limit runs the plain function instead of failing.
-    return torch.compile(function, dynamic=True)
+    from torch._inductor import config
+
+    emulate = emulate_precision_casts and hasattr(config, "emulate_precision_casts")  # (not in older torch)
+    return torch.compile(function, dynamic=True, options={"emulate_precision_casts": True} if emulate else None)
+
+
+# The SimAM + BN kernels round SimAM's output (and BN's input gradient) to the input's fp16/bf16 where the unfused
+# pair does; inductor drops such round trips between fused operations unless it emulates them.
+_ROUNDING_KERNELS = (simam_batch_norm_forward_math, simam_batch_norm_backward_math)
 
 
 @lru_cache(maxsize=None)
@@ -103,8 +112,28 @@ def _math(function, x: Tensor, implementation: str):
     if torch.compiler.is_compiling() or implementation == "eager" or x.shape[2] * x.shape[3] == 1:
         return function  # (one neuron per channel: nothing to fuse)
     if implementation == "compiled" or compiled_available(x.device):
+        if function in _ROUNDING_KERNELS and x.dtype in LOW_PRECISION:
+            return _compiled(function, emulate_precision_casts=True)
         return _compiled(function)
     return function
+
+
+# Errors of the device, not of the compiler: 'auto' lets them through instead of retrying in plain PyTorch (which
+# would hide them, or meet them again) and giving up the kernels for the rest of the process. Messages: c10 and
+# Triton's kernel launcher raise plain RuntimeErrors.
+_DEVICE_ERRORS = tuple(t for t in (torch.cuda.OutOfMemoryError, getattr(torch, "AcceleratorError", None), MemoryError)
+                       if t is not None)
+_DEVICE_ERROR_MESSAGES = ("out of memory", "can't allocate memory", "CUDA error", "device-side assert",
+                          "Triton Error [CUDA]", "HIP error", "CUDNN_STATUS", "CUBLAS_STATUS")
+
+
+def _device_error(error: Exception) -> bool:
+    """Whether ``error``, or the error a compiler failure wraps (an out-of-memory while autotuning), is the
+    device's: out of memory, a failed launch or device-side assert, cuDNN or cuBLAS."""
+    while isinstance(getattr(error, "inner_exception", None), Exception):  # dynamo's BackendCompilerFailed
+        error = error.inner_exception
+    return isinstance(error, _DEVICE_ERRORS) or (
+        type(error) is RuntimeError and any(message in str(error) for message in _DEVICE_ERROR_MESSAGES))
 
 
 def _run(function, x: Tensor, implementation: str, *args):
@@ -115,7 +144,9 @@ def _run(function, x: Tensor, implementation: str, *args):
         return kernel(*args)
     try:
         return kernel(*args)
-    except Exception as error:  # "auto": a compiler problem must not stop training
+    except Exception as error:  # "auto": a compiler problem must not stop training; the device's must show
+        if _device_error(error):
+            raise
         _compile_failed.add(x.device.type)
         warnings.warn(f"SimAM: compiled kernels unavailable on {x.device.type} ({type(error).__name__}); "
                       "using the plain PyTorch implementation")

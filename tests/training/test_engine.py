@@ -178,3 +178,19 @@ def test_the_sizes_of_a_size_schedule_compile_once_each():
         model(torch.randn(2, 3, size, size))
     assert len(graphs) == 3
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("size", [15, 13, 6])  # micro-batches of 4,4,4,3 / 4,4,4,1 / 2,2,2 (only three)
+def test_micro_batches_of_a_batch_that_does_not_split_evenly_weigh_by_their_size(size):
+    """``chunk(K)`` of such a batch gives unequal or fewer micro-batches; each loss weighs by its share of the batch,
+    so the step is still the whole batch's (the training loaders leave such batches out; other callers may not)."""
+    torch.manual_seed(0)
+    model = NoSyncCounter()
+    big = copy.deepcopy(model)
+    accumulated_state, big_state = state_for(model), state_for(big)
+    x, y = torch.randn(size, 3, 8, 8), torch.randint(0, 3, (size,))
+    _, loss = train_step(model, x, y, accumulated_state, StepOptions(Context(torch.device("cpu")), accum_steps=4))
+    _, big_loss = train_step(big, x, y, big_state, StepOptions(Context(torch.device("cpu"))))
+    torch.testing.assert_close(loss, big_loss, rtol=1e-6, atol=1e-7)
+    for ours, theirs in zip(model.parameters(), big.parameters()):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-7)

@@ -162,3 +162,19 @@ def test_cuda_batches_mix_as_cpu_batches_and_leave_the_cuda_rng_alone():
         torch.testing.assert_close(on_cuda[0].cpu(), on_cpu[0])
         torch.testing.assert_close(on_cuda[1].cpu(), on_cpu[1])
     assert torch.equal(torch.cuda.get_rng_state(), cuda_before)
+
+
+def test_a_channels_last_batch_stays_channels_last_where_roll_writes_contiguous_tensors(monkeypatch):
+    """On CUDA ``roll`` always returns a contiguous tensor, so MixUp's mixed batch came back NCHW; here ``roll``
+    is made to behave so on the CPU."""
+    roll = torch.Tensor.roll
+    monkeypatch.setattr(torch.Tensor, "roll", lambda self, *args, **kwargs: roll(self, *args, **kwargs).contiguous())
+    images, labels = batch()
+    channels_last = images.to(memory_format=torch.channels_last)
+    assert not channels_last.roll(1, 0).is_contiguous(memory_format=torch.channels_last)  # the CUDA behaviour
+    for options in (dict(mixup_alpha=0.2), dict(cutmix_alpha=1.0), dict(mixup_alpha=0.2, cutmix_alpha=1.0)):
+        mixed, _ = BatchMixer(NUM_CLASSES, **options)(channels_last, labels, 0, 0)
+        assert mixed.is_contiguous(memory_format=torch.channels_last), options
+        reference, _ = BatchMixer(NUM_CLASSES, **options)(images, labels, 0, 0)
+        assert mixed.is_contiguous() is False and torch.equal(mixed, reference)
+        assert BatchMixer(NUM_CLASSES, **options)(images, labels, 0, 0)[0].is_contiguous()

@@ -247,3 +247,35 @@ def test_a_grouped_state_continues_exactly_and_a_different_grouping_is_refused()
         with pytest.raises(ValueError, match="parameter groups must be those of the run that saved it") as error:
             load_optimizer_state(other, saved)
         assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("nonfinite", ["image", "gradients"])
+def test_an_fp16_step_the_gradient_scaler_skips_leaves_every_buffer_unchanged(nonfinite):
+    """Under fp16 the scaler, not the guard, flags the step, and it deletes ``optimizer.found_inf`` right after the
+    fused step: the guard must still see the skip and put the BatchNorm statistics back (else they stay NaN)."""
+    from training.distributed import Context
+    from training.engine import StepOptions, train_step
+    from training.state import TrainState
+
+    model = networks.create_net("resnet18", "simam", num_classes=3)
+    optimizer = build_optimizer(model, lr=0.1, momentum=0.9, weight_decay=1e-4)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
+    state = TrainState(model, optimizer, scheduler=None, scaler=scaler, iterations_per_epoch=3)
+    options = StepOptions(Context(torch.device("cpu")), amp_dtype=torch.float16)
+    guard = NonFiniteGuard(torch.device("cpu"), steps=3, model=model)
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
+    train_step(model, x, y, state, options, guard, 0)
+    before = copy.deepcopy(model.state_dict())
+    scale = scaler.get_scale()
+    if nonfinite == "image":
+        bad = x.clone()
+        bad[0, 0, 0, 0] = float("nan")
+        train_step(model, bad, y, state, options, guard, 1)
+    else:
+        hook = model.fc.weight.register_hook(lambda grad: grad * float("inf"))
+        train_step(model, x, y, state, options, guard, 1)
+        hook.remove()
+    assert scaler.get_scale() == scale / 2  # the scaler saw the overflow and skipped the step
+    for key, value in before.items():
+        assert torch.equal(value, model.state_dict()[key]), key
+    assert not hasattr(optimizer, "found_inf")

@@ -20,3 +20,21 @@ def test_amp_choices_map_to_autocast_dtypes():
     assert amp_dtype_for("off", cpu) is None and amp_dtype_for("fp16", cpu) is torch.float16
     assert amp_dtype_for("bf16", cpu) is torch.bfloat16
     assert amp_dtype_for("auto", cpu) in (None, torch.bfloat16)  # bf16 only where the CPU computes it natively
+
+
+def test_tf32_is_one_choice_for_matrix_products_and_convolutions(tiny_data, tmp_path):
+    """torch's defaults differ (TF32 convolutions, fp32 matrix products); a run sets both one way, --no-tf32 off."""
+    import main_imagenet
+    from helpers import train_argv
+    from training.config import parse_with_config
+
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        for flags, expected in (([], True), (["--no-tf32"], False)):
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = not expected
+            args = parse_with_config(main_imagenet.get_args_parser(),
+                                     train_argv(tiny_data, tmp_path / str(expected), *flags, batch=4))
+            main_imagenet.main(args)
+            assert torch.backends.cuda.matmul.allow_tf32 is expected and torch.backends.cudnn.allow_tf32 is expected
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before

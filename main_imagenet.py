@@ -58,8 +58,15 @@ from training.errors import TrainingError, UserError, exit_status, one_line
 from training.lock import RunLock, job_id
 from training.metrics import RunLog
 from training.mixing import BatchMixer
-from training.optim import build_optimizer
-from training.performance import AMP_CHOICES, INPUT_PIPELINES, amp_dtype_for, compile_model, set_tf32
+from training.optim import build_optimizer, flatten_buffers
+from training.performance import (
+    AMP_CHOICES,
+    INPUT_PIPELINES,
+    amp_dtype_for,
+    compile_model,
+    describe_amp,
+    set_tf32,
+)
 from training.schedule import SCHEDULES, build_scheduler, schedule_options
 from training.signals import StopRequest
 from training.state import LoadedCheckpoint, RunSpec, TrainState, run_folder
@@ -131,8 +138,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     arg("--label-smoothing", default=0.0, type=float, help="label smoothing of the training loss")
     arg("--warmup-epochs", default=0.0, type=float, help="linear learning-rate warmup, in epochs (per iteration)")
     arg("--amp", default="off", choices=AMP_CHOICES,
-        help="mixed precision; fp16 uses a gradient scaler; auto: bf16 where the device has it natively, "
-             "else fp16 on CUDA, else off")
+        help="mixed precision; fp16 uses a gradient scaler; auto: bf16 where the device computes it faster than "
+             "fp32 (GPUs with native bf16; on a CPU, measured once by a short probe and kept in "
+             "~/.cache/simam-imagenet/amp-probe.json), else fp16 on CUDA, else off")
     arg("--no-tf32", action="store_true",
         help="fp32 matrix products and convolutions in full fp32 on GPUs from Ampere on (default: TF32 for both, "
              "as torch does for convolutions; under --amp, for the operations autocast keeps in fp32)")
@@ -529,7 +537,10 @@ def set_up(args: argparse.Namespace, spec: RunSpec, checkpoint: LoadedCheckpoint
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     model.to(ctx.device, memory_format=memory_format)
-    amp_dtype = amp_dtype_for(args.amp, ctx.device)
+    # rank 0 decides (on a CPU, --amp auto may measure): the processes must agree
+    amp_dtype = distributed.broadcast_object(amp_dtype_for(args.amp, ctx.device) if ctx.is_main else None)
+    if ctx.is_main and args.amp == "auto":
+        log.print(f"=> {describe_amp(args.amp, ctx.device)}")
     simam_kernels = networks.get_simam_implementation(model)  # None: no SimAM
     tf32 = "" if ctx.device.type != "cuda" else " (fp32 without TF32)" if args.no_tf32 else " (TF32 for fp32 math)"
     log.print(f"=> precision {str(amp_dtype).replace('torch.', '') if amp_dtype else 'fp32'}{tf32}, "
@@ -626,6 +637,7 @@ def fit(run: Run, state: TrainState, args: argparse.Namespace) -> dict[str, Any]
     """Train from ``state`` to ``--epochs``, validating and saving after every epoch; a stop request saves where
     the run is. Returns the last epoch's figures."""
     ctx, spec, log = run.options.ctx, run.spec, run.log
+    flatten_buffers(run.model)  # the non-finite guard then saves and restores them in one operation per dtype
     train_model = run.model
     if ctx.distributed:
         train_model = nn.parallel.DistributedDataParallel(

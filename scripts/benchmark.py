@@ -7,6 +7,7 @@
     python scripts/benchmark.py --suite eval -a resnet50 --attention_type simam -b 32
     python scripts/benchmark.py --suite table -b 8 --image-size 64 --no-compile   # cost of every arch x attention
     python scripts/benchmark.py --suite table -b 64 --image-size 224 --device cuda  # the GPU table
+    python scripts/benchmark.py --suite guard    # operations the non-finite guard adds to a training step
 
 Every suite prints its JSON (device, torch version, settings, figures) and writes it to
 ``results/benchmarks/<suite>-<device>.json`` (or ``--output``); ``--suite table`` also writes
@@ -20,6 +21,7 @@ where every timed call ran compiled graphs (past dynamo's recompile limit, a mod
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import json
 import os
@@ -38,9 +40,10 @@ import networks  # noqa: E402
 from scripts._cli import make_cli  # noqa: E402
 from scripts._timing import alternate  # noqa: E402
 from training.distributed import Context  # noqa: E402
-from training.engine import StepOptions, train_step  # noqa: E402
+from training.engine import StepOptions, count_step, train_step  # noqa: E402
 from training.errors import UserError  # noqa: E402
-from training.optim import build_optimizer  # noqa: E402
+from training.metrics import RunningSums  # noqa: E402
+from training.optim import NonFiniteGuard, build_optimizer, flatten_buffers  # noqa: E402
 from training.performance import AMP_CHOICES, FAST_SETTINGS, amp_dtype_for, compile_model, to_device  # noqa: E402
 from training.state import TrainState  # noqa: E402
 
@@ -219,7 +222,8 @@ class CountingBackend:
 
 
 class TrainBench:
-    """One model, optimizer and batch with given settings; ``step()`` is the project's training step."""
+    """One model, optimizer and batch with given settings; ``step()`` is the step ``main_imagenet.py`` runs (with
+    the non-finite guard and the running sums; the release's loop, ``release_optimizer``, has neither)."""
 
     def __init__(self, args, device: torch.device, *, amp: str, channels_last: bool, compile: bool,
                  simam_impl: str, uint8: bool, attention_type: str | None = None,
@@ -233,6 +237,10 @@ class TrainBench:
         model = networks.create_net(args.arch, attention_type, param, args.num_classes, simam_impl=simam_impl,
                                     fuse_simam_bn=fuse_simam_bn)
         model.to(device, memory_format=self.memory_format).train()
+        self.guard, self.sums = None, None
+        if not release_optimizer:  # as main_imagenet.py's fit and train_one_epoch do
+            flatten_buffers(model)
+            self.guard, self.sums = NonFiniteGuard(device, 1, model), RunningSums(device)
         self.module = model  # (uncompiled: saved-memory counts)
         self.backend = CountingBackend(args.compile_backend) if compile else None
         self.model = compile_model(model, backend=self.backend) if compile else model
@@ -267,7 +275,9 @@ class TrainBench:
 
     def step(self) -> None:
         images, target = to_device(*self.batch, self.device, self.memory_format)
-        train_step(self.model, images, target, self.state, self.options)
+        output, loss = train_step(self.model, images, target, self.state, self.options, self.guard, 0)
+        if self.sums is not None:
+            count_step(self.sums, loss, output, target)
 
     def infer(self) -> None:
         with torch.inference_mode(), self.autocast():
@@ -355,6 +365,48 @@ def comparisons(benches: dict[str, TrainBench], times: dict[str, float], batch_s
                       release_images_per_sec=batch_size / times["release"],
                       speedup_vs_release=times["release"] / times["recommended"])
     return result
+
+
+def suite_guard(args) -> dict:
+    """The operations the non-finite guard adds to a training step, counted by torch.profiler (every aten
+    operation, nested ones included; on CUDA also the kernels): guard on minus guard off, with the buffers stored
+    flat as main_imagenet.py keeps them, and per buffer for comparison. fp32, eager, batch 2 at 32 px: the counts
+    do not depend on the size."""
+    from torch.profiler import ProfilerActivity, profile
+
+    device = torch.device(args.device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    archs = _names(args.archs, ["resnet18", "resnet50", "mobilenet_v2"], "arch")
+    rows = []
+    for arch in archs:
+        torch.manual_seed(0)
+        model = networks.create_net(arch, args.attention_type, args.attention_param, 10).to(device).train()
+        images, target = torch.randn(2, 3, 32, 32, device=device), torch.tensor([0, 1], device=device)
+        counts = {}
+        for name, flat, guarded in (("off", True, False), ("flat", True, True), ("per_buffer", False, True)):
+            step_model = copy.deepcopy(model)
+            if flat:
+                flatten_buffers(step_model)
+            state = TrainState(step_model, build_optimizer(step_model, 0.1, 0.9, 1e-4), scheduler=None,
+                               scaler=torch.amp.GradScaler(device.type, enabled=False), iterations_per_epoch=1)
+            guard = NonFiniteGuard(device, 1, step_model) if guarded else None
+            options = StepOptions(Context(device))
+            train_step(step_model, images, target, state, options, guard, 0)  # warm-up: lazy initialisations
+            synchronize(device)
+            with profile(activities=activities) as prof:
+                train_step(step_model, images, target, state, options, guard, 0)
+                synchronize(device)
+            events = prof.events()
+            counts[name] = {"ops": sum(1 for e in events if e.device_type == torch.autograd.DeviceType.CPU),
+                            "kernels": sum(1 for e in events if e.device_type == torch.autograd.DeviceType.CUDA)}
+        row = {"arch": arch, "attention_type": args.attention_type, "buffers": len(list(model.buffers())),
+               "ops_added": counts["flat"]["ops"] - counts["off"]["ops"],
+               "ops_added_per_buffer_guard": counts["per_buffer"]["ops"] - counts["off"]["ops"]}
+        if device.type == "cuda":
+            row.update(kernels_added=counts["flat"]["kernels"] - counts["off"]["kernels"],
+                       kernels_added_per_buffer_guard=counts["per_buffer"]["kernels"] - counts["off"]["kernels"])
+        rows.append(row)
+    return {"rows": rows}
 
 
 def suite_eval(args) -> dict:
@@ -468,7 +520,8 @@ def write_table_csv(result: dict, path: str) -> None:
                              for key in TABLE_COLUMNS})
 
 
-SUITES = {"simam": suite_simam, "train": suite_train, "data": suite_data, "eval": suite_eval, "table": suite_table}
+SUITES = {"simam": suite_simam, "train": suite_train, "data": suite_data, "eval": suite_eval, "table": suite_table,
+          "guard": suite_guard}
 
 
 def device_tag(device: torch.device) -> str:

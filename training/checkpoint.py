@@ -84,6 +84,9 @@ def save_checkpoint(saved: dict[str, Any], run_dir: str, best: bool = False) -> 
             atomic_save(saved, path, keep_previous=os.path.join(run_dir, PREVIOUS) if name == LATEST else None)
         except (OSError, RuntimeError) as error:  # torch's writer reports a full disk as a RuntimeError
             reason = error.strerror if isinstance(error, OSError) and error.strerror else one_line(error)
+            if isinstance(error, RuntimeError) and "writ" not in reason:  # not the file's fault ("failed writing")
+                raise TrainingError(f"cannot save {path}: {reason}; the checkpoint that was there is "
+                                    "unchanged") from None
             free_mb = shutil.disk_usage(run_dir).free / 2 ** 20
             raise TrainingError(f"cannot write {path}: {reason} ({free_mb:.0f} MB free there: "
                                 f"disk full or read-only?); "

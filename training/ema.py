@@ -14,6 +14,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
 import networks
 
@@ -42,6 +43,33 @@ class ExponentialMovingAverage(AveragedModel):
         device = next(model.parameters()).device
         super().__init__(model, device, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
         self.decay, self.steps, self.warmup_epochs = decay, steps, warmup_epochs
+        self.updates = 0  # ``n_averaged`` as a host number: an update never reads the device
+
+    def update_parameters(self, model: nn.Module) -> None:
+        """``AveragedModel.update_parameters`` (an empty average copies ``model``, a later update averages), deciding
+        on the host count ``updates`` instead of reading ``n_averaged`` back from the device twice, which would
+        synchronise a GPU at every update."""
+        averaged = [tensor.detach() for tensor in _weights_and_buffers(self.module)]
+        current = [tensor.detach().to(mine.device) for tensor, mine in zip(_weights_and_buffers(model), averaged)]
+        if self.updates == 0:
+            for mine, theirs in zip(averaged, current):
+                mine.copy_(theirs)
+        else:
+            groups = _group_tensors_by_device_and_dtype([averaged, current])
+            for (device, _), ([mine, theirs], _) in groups.items():
+                self.multi_avg_fn(mine, theirs, self.n_averaged.to(device))
+        self.n_averaged += 1
+        self.updates += 1
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+        loaded = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        self.updates = int(self.n_averaged)  # once, when a checkpoint is loaded
+        return loaded
+
+    def empty(self) -> None:
+        """Forget the average: the next update copies the model."""
+        self.n_averaged.fill_(0)
+        self.updates = 0
 
     def maybe_update(self, model: nn.Module, step_in_epoch: int, epoch: int,
                      warmup_epochs: float | None = None) -> bool:
@@ -52,7 +80,7 @@ class ExponentialMovingAverage(AveragedModel):
             return False
         self.update_parameters(model)
         if epoch < (self.warmup_epochs if warmup_epochs is None else warmup_epochs):
-            self.n_averaged.fill_(0)
+            self.empty()
         return True
 
     def weights(self) -> dict[str, Tensor]:
@@ -63,7 +91,7 @@ class ExponentialMovingAverage(AveragedModel):
         """Start the average again from ``model``'s weights (for a checkpoint that has none)."""
         for averaged, current in zip(_weights_and_buffers(self.module), _weights_and_buffers(model)):
             averaged.detach().copy_(current.detach())
-        self.n_averaged.fill_(0)
+        self.empty()
 
 
 def build_ema(model: nn.Module, decay: float, steps: int, total_batch_size: int, epochs: int,

@@ -105,13 +105,18 @@ def train_step(model: nn.Module, images: Tensor, target: Tensor, state: TrainSta
     if guard is not None:
         guard.mark(loss, step)
         if not state.scaler.is_enabled():
-            guard.flag_nonfinite_gradients(model, state.optimizer, loss)
+            guard.flag_nonfinite_gradients(model, state.optimizer)
     state.scaler.step(state.optimizer)
     if guard is not None:
         guard.restore_buffers_if_skipped(skipped_flag(state.optimizer, state.scaler))  # before update() forgets it
     state.scaler.update()
     take_found_inf(state.optimizer)
     return output, loss
+
+
+def count_step(sums: RunningSums, loss: Tensor, output: Tensor, target: Tensor) -> None:
+    """Add a training step's loss (0 for a NaN/inf one: the step was skipped) and top-1/top-5 hits to ``sums``."""
+    sums.update(torch.nan_to_num(loss.detach(), nan=0.0, posinf=0.0, neginf=0.0) * target.size(0), output, target)
 
 
 def _forward_backward(model: nn.Module, images: Tensor, target: Tensor, state: TrainState, options: StepOptions,
@@ -153,7 +158,7 @@ def train_one_epoch(model: nn.Module, loader, state: TrainState, options: StepOp
             state.ema.maybe_update(state.model, iteration, epoch)
         state.scheduler.step()
         state.iteration = iteration + 1
-        sums.update(torch.nan_to_num(loss.detach(), nan=0.0, posinf=0.0, neginf=0.0) * target.size(0), output, target)
+        count_step(sums, loss, output, target)
         images_seen += target.size(0)
         bar.update(1)
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import platform
+import time
 from typing import Callable
 
 import torch
@@ -10,7 +14,8 @@ from torch import Tensor, nn
 from .presets import PIPELINES as INPUT_PIPELINES
 from .presets import normalize_on_device
 
-__all__ = ["AMP_CHOICES", "FAST_SETTINGS", "INPUT_PIPELINES", "amp_dtype_for", "native_bf16", "set_tf32", "to_device"]
+__all__ = ["AMP_CHOICES", "FAST_SETTINGS", "INPUT_PIPELINES", "amp_dtype_for", "cpu_bf16_speedup", "describe_amp",
+           "native_bf16", "set_tf32", "to_device"]
 
 AMP_CHOICES = ("off", "fp16", "bf16", "auto")
 _AMP_DTYPES = {"off": None, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -20,26 +25,104 @@ FAST_SETTINGS = {"amp": "auto", "channels_last": True, "compile": True, "input_p
 
 
 def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` computes in bf16 natively and faster than in fp32: CUDA with bf16 support, CPUs with AMX.
-    (With AVX512-BF16 alone, oneDNN's bf16 convolutions are slower than fp32 ones: 1.55x on a 2-core Xeon, see
-    results/benchmarks/simam-bn-goals-cpu.md.)"""
+    """Whether ``device`` computes in bf16 natively and faster than in fp32: CUDA with bf16 support; on a CPU, where
+    ``cpu_bf16_speedup`` measures bf16 faster (CPU flags cannot tell: with AVX512-BF16 and no AMX, oneDNN's bf16
+    convolutions were 1.55x slower than fp32 on a 2-core Xeon and bf16 training 1.61x faster on a 2-core EPYC)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported(including_emulation=False)
     if device.type == "cpu":
-        init_amx = getattr(torch._C._cpu, "_init_amx", None)  # True where the CPU has AMX tiles (and the OS allows)
-        return (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-                and bool(init_amx and init_amx()))
+        return cpu_bf16_speedup()[0] > 1.0
     return False
 
 
 def amp_dtype_for(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of ``--amp`` on ``device`` (None: fp32). 'auto' is bf16 where the device has it
-    natively, else fp16 on CUDA, else fp32."""
+    """The autocast dtype of ``--amp`` on ``device`` (None: fp32). 'auto' is bf16 where the device computes it
+    faster than fp32 (``native_bf16``), else fp16 on CUDA, else fp32."""
     if amp == "auto":
         if native_bf16(device):
             return torch.bfloat16
         return torch.float16 if device.type == "cuda" else None
     return _AMP_DTYPES[amp]
+
+
+def describe_amp(amp: str, device: torch.device) -> str:
+    """Why ``--amp`` gives ``amp_dtype_for(amp, device)``, for the run's header."""
+    if amp != "auto":
+        return f"--amp {amp}"
+    if device.type == "cuda":
+        return ("--amp auto: bf16, which this GPU computes natively" if native_bf16(device) else
+                "--amp auto: fp16 with a gradient scaler, as this GPU has no native bf16")
+    if device.type != "cpu":
+        return "--amp auto: fp32"
+    speedup, cache = cpu_bf16_speedup()
+    return (f"--amp auto: {'bf16' if speedup > 1.0 else 'fp32'}, as a bf16 convolution forward+backward ran "
+            f"{speedup:.2f}x the speed of fp32 on this CPU (measured once, kept in {cache})")
+
+
+# The probe: a 3x3 convolution of ResNet's first stage at 224 px (64 channels, 56x56), channels_last, batch 4.
+_PROBE_SHAPE = (4, 64, 56, 56)
+
+
+def cpu_bf16_speedup(cache_dir: str | None = None) -> tuple[float, str]:
+    """fp32 time / bf16 time of a representative convolution's forward and backward on this CPU (> 1: bf16 is
+    faster), measured in well under a second the first time and kept per machine and torch version in
+    ``<cache_dir or ~/.cache>/simam-imagenet/amp-probe.json``; returns (speedup, that file)."""
+    folder = os.path.join(cache_dir or os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
+                          "simam-imagenet")
+    path = os.path.join(folder, "amp-probe.json")
+    key = f"{_cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+    try:
+        with open(path) as f:
+            known = json.load(f)
+    except (OSError, ValueError):
+        known = {}
+    if not isinstance(known, dict):
+        known = {}
+    if not isinstance(known.get(key), dict) or not isinstance(known[key].get("speedup"), float):
+        known[key] = {"speedup": _measure_bf16_speedup(), "shape": list(_PROBE_SHAPE),
+                      "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
+        try:
+            os.makedirs(folder, exist_ok=True)
+            tmp = f"{path}.tmp{os.getpid()}"
+            with open(tmp, "w") as f:
+                json.dump(known, f, indent=2)
+            os.replace(tmp, path)
+        except OSError:  # a read-only home: measured again next time
+            pass
+    return known[key]["speedup"], path
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return platform.processor() or platform.machine()
+    name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
+    flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
+    return f"{name} [{' '.join(sorted(flag for flag in flags if 'bf16' in flag or flag.startswith('amx')))}]"
+
+
+def _measure_bf16_speedup(rounds: int = 3) -> float:
+    """The probe itself: fp32 and bf16 autocast timed in alternation, best of ``rounds`` each after a warm-up."""
+    generator = torch.Generator().manual_seed(0)
+    conv = nn.Conv2d(64, 64, 3, padding=1, bias=False).to(memory_format=torch.channels_last)
+    x = torch.randn(_PROBE_SHAPE, generator=generator).to(memory_format=torch.channels_last).requires_grad_()
+
+    def step(dtype: torch.dtype | None) -> float:
+        started = time.perf_counter()
+        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            out = conv(x)
+        out.float().sum().backward()
+        return time.perf_counter() - started
+
+    with torch.random.fork_rng(devices=[]):
+        best = {None: step(None), torch.bfloat16: step(torch.bfloat16)}  # warm-up: oneDNN builds its kernels
+        best = {dtype: float("inf") for dtype in best}
+        for _ in range(rounds):
+            for dtype in best:
+                best[dtype] = min(best[dtype], step(dtype))
+    return best[None] / best[torch.bfloat16]
 
 
 def set_tf32(enabled: bool) -> None:

@@ -201,10 +201,20 @@ def _mean_std(device: torch.device) -> tuple[Tensor, Tensor]:
             torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1))
 
 
+@functools.cache
+def _scale_shift(device: torch.device) -> tuple[Tensor, Tensor]:
+    """``ToTensor`` + ``Normalize`` as one affine map of the uint8 value x: x * scale + shift, per channel."""
+    mean, std = (torch.tensor(values, dtype=torch.float64) for values in (IMAGENET_MEAN, IMAGENET_STD))
+    return ((1 / (255 * std)).float().view(1, 3, 1, 1).to(device),
+            (-mean / std).float().view(1, 3, 1, 1).to(device))
+
+
 def normalize_on_device(images: Tensor, memory_format: torch.memory_format = torch.contiguous_format,
                         dtype: torch.dtype = torch.float32) -> Tensor:
     """An (N, 3, H, W) uint8 batch, on any device, as ``ToTensor`` + ``Normalize(IMAGENET_MEAN, IMAGENET_STD)``
-    would give it (the same float32 operations), in ``memory_format`` and ``dtype``."""
-    mean, std = _mean_std(images.device)
-    out = images.to(torch.float32, memory_format=memory_format).div_(255).sub_(mean).div_(std)
-    return out if dtype == torch.float32 else out.to(dtype)
+    would give it (within 1e-6), in ``memory_format`` and ``dtype``: one pass, x * scale + shift computed in float32
+    and written in ``dtype`` (on CUDA one kernel, reading the uint8 values as they are; on a CPU torch casts them
+    first, a second pass)."""
+    scale, shift = _scale_shift(images.device)
+    out = torch.empty(images.shape, dtype=dtype, device=images.device, memory_format=memory_format)
+    return torch.addcmul(shift, images, scale, out=out)

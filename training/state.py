@@ -107,9 +107,13 @@ class TrainState:
     def to_checkpoint(self, spec: RunSpec, classes: list[str], recipe: dict[str, Any],
                       rng_per_rank: list[dict[str, Any]]) -> dict[str, Any]:
         """The checkpoint dict (the format in the module docstring); ``rng_per_rank`` from every process."""
+        weights = self.model.state_dict()
+        for name, _ in self.model.named_buffers():  # torch.save refuses buffers of several dtypes in one storage
+            if name in weights:  # (``training.optim.flatten_buffers``); they are small
+                weights[name] = weights[name].clone()
         saved = {
             "format": CHECKPOINT_FORMAT,
-            "epoch": self.epoch, "arch": spec.arch, "state_dict": self.model.state_dict(), "best_acc": self.best_acc,
+            "epoch": self.epoch, "arch": spec.arch, "state_dict": weights, "best_acc": self.best_acc,
             "optimizer": self.optimizer.state_dict(),
             "iteration": self.iteration, "iterations_per_epoch": self.iterations_per_epoch,
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),

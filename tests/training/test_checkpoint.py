@@ -41,3 +41,17 @@ def test_each_process_restores_its_own_rng_states():
     assert [rng_of_process(checkpoint, rank, 2) for rank in (0, 1)] == ["rank 0", "rank 1"]
     assert rng_of_process(checkpoint, 2, 4) == "rank 0"  # saved by another number of processes
     assert rng_of_process({"rng": "rank 0"}, 1, 2) == "rank 0"  # written before per-process states
+
+
+def test_a_save_that_fails_for_another_reason_than_the_disk_is_not_called_a_full_disk(tmp_path, monkeypatch):
+    from training.errors import TrainingError
+
+    def refuse(obj, f):
+        raise RuntimeError("Cannot save multiple tensors or storages that view the same data as different types")
+
+    monkeypatch.setattr(torch, "save", refuse)
+    with pytest.raises(TrainingError) as raised:
+        checkpoint.save_checkpoint({"state_dict": {"w": torch.zeros(2)}}, str(tmp_path))
+    message = str(raised.value)
+    assert message.startswith(f"cannot save {tmp_path / 'checkpoint.pth.tar'}: Cannot save multiple tensors")
+    assert "disk full" not in message and not list(tmp_path.iterdir())

@@ -18,7 +18,7 @@ from training.performance import amp_dtype_for, to_device
 from training.state import TrainState
 
 
-def host_reads_during_training(monkeypatch, data, ckpt, batches: int) -> int:
+def host_reads_during_training(monkeypatch, data, ckpt, batches: int, *flags) -> int:
     """How many tensor values training reads back to the host (``.item()``, ``.tolist()``, ``float()``)."""
     count = 0
     for name in ("item", "tolist", "__float__", "__bool__"):
@@ -31,8 +31,8 @@ def host_reads_during_training(monkeypatch, data, ckpt, batches: int) -> int:
 
         monkeypatch.setattr(torch.Tensor, name, counted)
     # one epoch of `batches` steps, printing only at the first and last
-    run_main(train_argv(data, ckpt, "-p", "1000", "--log_freq", "1000", "--dummy", str(8 * batches), batch=8,
-                        arch="resnet18", attention="simam"))
+    run_main(train_argv(data, ckpt, "-p", "1000", "--log_freq", "1000", "--dummy", str(8 * batches), *flags,
+                        batch=8, arch="resnet18", attention="simam"))
     monkeypatch.undo()
     return count
 
@@ -40,6 +40,15 @@ def host_reads_during_training(monkeypatch, data, ckpt, batches: int) -> int:
 def test_host_reads_do_not_grow_with_the_number_of_steps(monkeypatch, four_class_data, tmp_path):
     few = host_reads_during_training(monkeypatch, four_class_data, tmp_path / "few", batches=3)
     many = host_reads_during_training(monkeypatch, four_class_data, tmp_path / "many", batches=9)
+    assert many == few
+
+
+def test_host_reads_do_not_grow_with_the_steps_of_an_ema(monkeypatch, four_class_data, tmp_path):
+    """torch's AveragedModel reads its update count back from the device twice per update (a GPU sync every
+    --model-ema-steps steps); ours counts on the host."""
+    flags = ("--model-ema", "--model-ema-steps", "1")
+    few = host_reads_during_training(monkeypatch, four_class_data, tmp_path / "few", 3, *flags)
+    many = host_reads_during_training(monkeypatch, four_class_data, tmp_path / "many", 9, *flags)
     assert many == few
 
 

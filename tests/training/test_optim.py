@@ -67,15 +67,20 @@ def test_skipped_step_leaves_weights_and_momentum_untouched():
     assert all(torch.equal(a, optimizer.state[p]["momentum_buffer"]) for a, p in zip(momentum, model.parameters()))
 
 
+@pytest.mark.parametrize("flat", [False, True], ids=["buffers", "flattened"])
 @pytest.mark.parametrize("nonfinite", ["loss", "gradients"])
-def test_a_skipped_step_leaves_weights_every_buffer_and_momentum_bitwise_unchanged(nonfinite):
+def test_a_skipped_step_leaves_weights_every_buffer_and_momentum_bitwise_unchanged(nonfinite, flat):
     """A network with BatchNorm: the skipped step's forward pass moved the running statistics and the count; the
-    guard puts them back, and the next good step continues from there."""
+    guard puts them back, and the next good step continues from there (buffers as they are, or stored in one
+    storage as training keeps them: ``flatten_buffers``)."""
     from training.distributed import Context
     from training.engine import StepOptions, train_step
+    from training.optim import flatten_buffers
     from training.state import TrainState
 
     model = networks.create_net("resnet18", "simam", num_classes=3)
+    if flat:
+        flatten_buffers(model)
     optimizer = build_optimizer(model, lr=0.1, momentum=0.9, weight_decay=1e-4)
     state = TrainState(model, optimizer, scheduler=None, scaler=torch.amp.GradScaler("cpu", enabled=False),
                        iterations_per_epoch=3)
@@ -279,3 +284,35 @@ def test_an_fp16_step_the_gradient_scaler_skips_leaves_every_buffer_unchanged(no
     for key, value in before.items():
         assert torch.equal(value, model.state_dict()[key]), key
     assert not hasattr(optimizer, "found_inf")
+
+
+def test_flattened_buffers_keep_their_values_keys_and_own_version_counters():
+    from training.optim import flat_buffers, flatten_buffers
+
+    model = networks.create_net("resnet50", "simam", num_classes=3)
+    randomize = {name: torch.randn_like(b) if b.is_floating_point() else torch.randint_like(b, 100)
+                 for name, b in model.named_buffers()}
+    model.load_state_dict(randomize, strict=False)
+    before = copy.deepcopy(model.state_dict())
+    assert flat_buffers(list(model.buffers())) is None
+    flatten_buffers(model)
+    after = model.state_dict()
+    assert list(after) == list(before) and all(torch.equal(after[k], v) and after[k].dtype == v.dtype
+                                               for k, v in before.items())
+    flats = flat_buffers(list(model.buffers()))
+    assert len(flats) == 1 and flats[0].numel() == sum(b.numel() * b.element_size() for b in model.buffers())
+    assert all(b._base is None for b in model.buffers())  # not views: one update leaves the others' versions
+    model.train()(torch.randn(2, 3, 32, 32)).sum().backward()  # every BatchNorm updates, none complains
+
+
+def test_the_guard_adds_a_constant_few_operations_to_a_step_whatever_the_depth():
+    """torch.profiler's count of the operations a training step runs, with the guard minus without
+    (``scripts/benchmark.py --suite guard``): at most 10 with the buffers flattened, two per buffer otherwise."""
+    from scripts.benchmark import get_args_parser, suite_guard
+
+    args = get_args_parser().parse_args(["--suite", "guard", "--device", "cpu"])
+    rows = suite_guard(args)["rows"]
+    assert [row["arch"] for row in rows] == ["resnet18", "resnet50", "mobilenet_v2"]
+    for row in rows:
+        assert row["ops_added"] <= 10, row
+        assert row["ops_added_per_buffer_guard"] >= 2 * row["buffers"], row

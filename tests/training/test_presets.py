@@ -284,3 +284,19 @@ def test_malformed_train_size_schedule_is_refused(spec):
     with pytest.raises(ValueError, match="expected START:END:FROM_EPOCH:TO_EPOCH") as error:
         presets.train_size_schedule(spec)
     assert "\n" not in str(error.value)
+
+
+def test_normalize_on_device_is_one_affine_pass():
+    """ToTensor + Normalize as x * scale + shift in one operation (the four passes cast, divide, subtract, divide
+    were one each), also when the output is bf16."""
+    from torch.profiler import ProfilerActivity, profile
+
+    batch = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    presets.normalize_on_device(batch)  # the constants, made once per device
+    for dtype in (torch.float32, torch.bfloat16):
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            presets.normalize_on_device(batch, torch.channels_last, dtype)
+        names = [event.name for event in prof.events()]
+        arithmetic = [name for name in names if name.split("::")[-1].rstrip("_") in ("div", "sub", "add", "mul",
+                                                                                     "addcmul")]
+        assert arithmetic == ["aten::addcmul"], names

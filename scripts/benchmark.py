@@ -109,8 +109,9 @@ def synchronize(device: torch.device) -> None:
 
 def saved_for_backward(model: nn.Module, images: torch.Tensor) -> dict[str, int]:
     """Bytes of the unique storages autograd keeps for backward after one forward: all of them (weights
-    included) and the activations alone (parameter storages left out)."""
-    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    included) and the activations alone (parameter and buffer storages left out: BatchNorm keeps its running
+    statistics, stored one way or another, ``training.optim.flatten_buffers``)."""
+    weights = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
     storages: dict[int, int] = {}
 
     def pack(tensor):

@@ -84,7 +84,9 @@ def save_checkpoint(saved: dict[str, Any], run_dir: str, best: bool = False) -> 
             atomic_save(saved, path, keep_previous=os.path.join(run_dir, PREVIOUS) if name == LATEST else None)
         except (OSError, RuntimeError) as error:  # torch's writer reports a full disk as a RuntimeError
             reason = error.strerror if isinstance(error, OSError) and error.strerror else one_line(error)
-            if isinstance(error, RuntimeError) and "writ" not in reason:  # not the file's fault ("failed writing")
+            # the file writer's own errors ("unexpected pos ... " at inline_container.cc, "failed writing") say a full
+            # disk; others (what the checkpoint holds) do not
+            if isinstance(error, RuntimeError) and not any(word in reason for word in ("inline_container", "writ")):
                 raise TrainingError(f"cannot save {path}: {reason}; the checkpoint that was there is "
                                     "unchanged") from None
             free_mb = shutil.disk_usage(run_dir).free / 2 ** 20

@@ -8,6 +8,11 @@ changes: their modules, and so the state dict keys, stay as they are. In eval mo
 already the cheapest form, and what exporters see), while exporting or FX-tracing (torchvision's feature
 extraction), with the 'reference' implementation, with hooks on the pair, or with another norm layer (SyncBN,
 FrozenBN), the modules run one after the other as before.
+
+Under ``torch.compile`` the ReLU or ReLU6 right after the pair (Bottleneck's, MobileNetV2's) joins the step too:
+its gradient mask is then read from its output, which the next convolution keeps anyway, instead of recomputing
+BN's output from SimAM's input in backward (on CPUs inductor stores such a recomputed value, with its gate, as
+more full-size tensors). Eager runs keep the activation module.
 """
 
 from __future__ import annotations
@@ -47,27 +52,46 @@ def _momentum(norm: nn.BatchNorm2d) -> float:
     return factor
 
 
-def simam_then_batchnorm(attention: SimAM, norm: nn.BatchNorm2d, x: Tensor) -> Tensor:
-    """``norm(attention(x))`` for a training-mode BatchNorm2d, as one fused step."""
+def _bounds(activation: nn.Module | None) -> tuple[float, float | None] | None:
+    """The clamp bounds of a ReLU or ReLU6 (torch's modules, without hooks) that joins the fused step: only while
+    torch.compile traces the model (see the module's docstring)."""
+    if activation is None or _hooked(activation) or not torch.compiler.is_compiling():
+        return None
+    if type(activation) is nn.ReLU:
+        return 0.0, None
+    if type(activation) in (nn.ReLU6, nn.Hardtanh):
+        return float(activation.min_val), float(activation.max_val)
+    return None
+
+
+def simam_then_batchnorm(attention: SimAM, norm: nn.BatchNorm2d, x: Tensor,
+                         bounds: tuple[float, float | None] | None = None) -> Tensor:
+    """``norm(attention(x))`` for a training-mode BatchNorm2d, as one fused step (with ``bounds``, and the ReLU or
+    ReLU6 after it: see ``simam_batch_norm``)."""
     return simam_batch_norm(x, attention.e_lambda, attention.implementation, norm.weight, norm.bias,
-                            norm.running_mean, norm.running_var, _momentum(norm), norm.eps)
+                            norm.running_mean, norm.running_var, _momentum(norm), norm.eps, bounds)
 
 
-def _conv_simam_bn(conv: nn.Sequential, norm: nn.Module, x: Tensor) -> Tensor:
-    """``norm(conv(x))`` where ``conv`` is ``Sequential(conv, SimAM)``."""
+def _conv_simam_bn(conv: nn.Sequential, norm: nn.Module, x: Tensor, activation: nn.Module | None = None) -> Tensor:
+    """``activation(norm(conv(x)))`` (or ``norm(conv(x))``) where ``conv`` is ``Sequential(conv, SimAM)``."""
     if _hooked(conv) or not _fusable(conv[1], norm):
-        return norm(conv(x))
-    return simam_then_batchnorm(conv[1], norm, conv[0](x))
+        out = norm(conv(x))
+        return out if activation is None else activation(out)
+    bounds = _bounds(activation)
+    out = simam_then_batchnorm(conv[1], norm, conv[0](x), bounds)
+    return out if activation is None or bounds is not None else activation(out)
 
 
 def _run_fusing(modules: nn.Sequential, x: Tensor) -> Tensor:
-    """A Sequential's forward that runs each (SimAM, BatchNorm2d) pair in it as one step when it can."""
+    """A Sequential's forward that runs each (SimAM, BatchNorm2d) pair in it, and the ReLU or ReLU6 right after
+    it, as one step when it can."""
     layers = list(modules)
     i = 0
     while i < len(layers):
         if i + 1 < len(layers) and _fusable(layers[i], layers[i + 1]):
-            x = simam_then_batchnorm(layers[i], layers[i + 1], x)
-            i += 2
+            bounds = _bounds(layers[i + 2]) if i + 2 < len(layers) else None
+            x = simam_then_batchnorm(layers[i], layers[i + 1], x, bounds)
+            i += 2 if bounds is None else 3
         else:
             x = layers[i](x)
             i += 1
@@ -110,7 +134,7 @@ class SimAMBNBottleneck(Bottleneck):
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(_conv_simam_bn(self.conv2, self.bn2, out))
+        out = _conv_simam_bn(self.conv2, self.bn2, out, self.relu)
         out = self.bn3(self.conv3(out))
         out += x if self.downsample is None else self.downsample(x)
         return self.relu(out)

@@ -130,6 +130,88 @@ def test_compiled_low_precision_step_rounds_as_the_eager_one(dtype):
         assert (g != w).double().mean().item() <= 0.01, name
 
 
+ACTIVATIONS = [((0.0, None), nn.ReLU), ((0.0, 6.0), nn.ReLU6)]
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
+@pytest.mark.parametrize("bounds", [None, (0.0, None), (0.0, 6.0)])
+@pytest.mark.parametrize("shape,channels_last", SHAPES)
+def test_one_pass_backward_equals_the_two_pass_backward(dtype, tol, bounds, shape, channels_last):
+    """The backward's one-pass arrangement (every sum taken with BN's, for whole-model graphs) gives the gradients
+    of the two-pass one, and both those of the pair with autograd."""
+    from networks.attentions.simam_functional import simam_batch_norm_backward_math, simam_batch_norm_forward_math
+
+    x = (torch.randn(shape, dtype=dtype) * 3 + 1)
+    grad = torch.randn(shape, dtype=dtype)
+    if channels_last:
+        x, grad = x.to(memory_format=torch.channels_last), grad.to(memory_format=torch.channels_last)
+    weight, bias = torch.rand(shape[1], dtype=dtype) * 4 + 0.5, torch.randn(shape[1], dtype=dtype) + 1
+    out, mean, k, batch_mean, _, invstd = simam_batch_norm_forward_math(x, weight, bias, 0.1, 1e-5, bounds)
+    got = [simam_batch_norm_backward_math(grad, x, weight, mean, k, batch_mean, invstd, out, bounds, one_pass)
+           for one_pass in (True, False)]
+    for g, w in zip(*got):
+        assert relative_error(g, w) <= 10 * tol
+    attention, norm = pair(shape[1])
+    norm = norm.to(dtype)
+    with torch.no_grad():
+        norm.weight.copy_(weight)
+        norm.bias.copy_(bias)
+    activation = {None: nn.Identity(), (0.0, None): nn.ReLU(), (0.0, 6.0): nn.ReLU6()}[bounds]
+    want_out, want_grads = run(lambda t: activation(norm(attention(t))), x, grad, [norm.weight, norm.bias])
+    assert relative_error(out, want_out) <= tol
+    for g, w in zip(got[0], want_grads):
+        assert relative_error(g, w) <= 10 * tol
+
+
+@pytest.mark.parametrize("implementation", ["eager", COMPILED])
+@pytest.mark.parametrize("bounds,module", ACTIVATIONS)
+def test_relu_or_relu6_joins_the_step_like_the_modules(implementation, bounds, module):
+    """``bounds``: the ReLU or ReLU6 after the BN in the same step: output, gradients and running statistics of
+    the pair followed by the activation module (inputs clipped on both sides)."""
+    x = (torch.randn(4, 8, 7, 9) * 3 + 1).to(memory_format=torch.channels_last)
+    grad = torch.randn(x.shape)
+    attention, norm = pair(8)
+    with torch.no_grad():
+        norm.weight.uniform_(2, 6)
+        norm.bias.uniform_(0, 4)
+    fused_norm = copy.deepcopy(norm)
+    activation = module()
+    want, want_grads = run(lambda t: activation(norm(attention(t))), x, grad, [norm.weight, norm.bias])
+    assert (want == 0).float().mean() > 0.05
+    if bounds[1] is not None:
+        assert (want == bounds[1]).float().mean() > 0.05
+    got, got_grads = run(lambda t: simam_batch_norm(t, attention.e_lambda, implementation, fused_norm.weight,
+                                                    fused_norm.bias, fused_norm.running_mean, fused_norm.running_var,
+                                                    fused_norm.momentum, fused_norm.eps, bounds),
+                         x, grad, [fused_norm.weight, fused_norm.bias])
+    assert relative_error(got, want) <= 1e-5 and got.is_contiguous(memory_format=torch.channels_last)
+    for g, w in zip(got_grads, want_grads):
+        assert relative_error(g, w) <= 1e-4
+    torch.testing.assert_close(fused_norm.running_mean, norm.running_mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fused_norm.running_var, norm.running_var, rtol=1e-5, atol=1e-6)
+    # 'reference' runs the modules' path (SimAM, F.batch_norm, then the activation's function)
+    unfused = simam_batch_norm(x, attention.e_lambda, "reference", norm.weight, norm.bias, None, None, 0.1,
+                               norm.eps, bounds)
+    assert relative_error(unfused, want) <= 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_activation_joins_the_step_like_the_modules(dtype):
+    """fp16/bf16 with a ReLU6 in the step: the same values as the pair and the module in the same dtype."""
+    x = (torch.randn(4, 4, 14, 14) * 3 + 1).to(dtype)
+    grad = torch.randn(x.shape).to(dtype)
+    attention, norm = pair(4)
+    with torch.no_grad():
+        norm.weight.uniform_(2, 6)
+    fused_norm = copy.deepcopy(norm)
+    want, want_grads = run(lambda t: nn.ReLU6()(fused_call(attention, norm, t, "eager")), x, grad, [])
+    got, got_grads = run(lambda t: simam_batch_norm(t, 0.1, "eager", fused_norm.weight, fused_norm.bias,
+                                                    fused_norm.running_mean, fused_norm.running_var, 0.1,
+                                                    fused_norm.eps, (0.0, 6.0)), x, grad, [])
+    assert got.dtype == dtype and torch.equal(got, want)
+    assert torch.equal(got_grads[0], want_grads[0])
+
+
 def test_one_value_per_channel_is_rejected_like_batchnorm():
     attention, norm = pair(3)
     with pytest.raises(ValueError, match="more than 1 value per channel"):
@@ -281,6 +363,25 @@ def test_pickle_and_deepcopy_keep_the_fused_blocks():
         assert fused_pairs(copied) == 17 and networks.get_simam_implementation(copied) == "eager"
 
 
+def compiled_steps_match(reference: nn.Module, fused: nn.Module, x: torch.Tensor) -> None:
+    """Two training steps of ``torch.compile(fused)`` give the loss, gradients and running statistics of the eager
+    ``reference`` (the second step runs the compiled graph with updated running statistics)."""
+    torch._dynamo.reset()
+    compiled = torch.compile(fused)
+    for _ in range(2):
+        for model in (reference, fused):
+            model.zero_grad()
+        loss_want = reference(x).square().sum()
+        loss_want.backward()
+        loss_got = compiled(x).square().sum()
+        loss_got.backward()
+        torch.testing.assert_close(loss_got, loss_want, rtol=1e-5, atol=1e-5)
+        for a, b in zip(reference.parameters(), fused.parameters()):
+            torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-5)
+    for a, b in zip(reference.buffers(), fused.buffers()):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.skipif(not simam_kernels.compiled_available(torch.device("cpu")),
                     reason="torch.compile needs a C++ compiler")
 def test_whole_model_compile_matches_the_unfused_modules():
@@ -292,21 +393,24 @@ def test_whole_model_compile_matches_the_unfused_modules():
     fused = copy.deepcopy(reference)
     networks.set_simam_implementation("auto", fused)
     assert fuse_simam_batchnorm(fused) == 1
-    x = torch.randn(4, 3, 12, 12)
-    torch._dynamo.reset()
-    compiled = torch.compile(fused)
-    for _ in range(2):  # the second step runs the compiled graph with updated running statistics
-        for model in (reference, compiled):
-            model.zero_grad()
-        loss_want = reference(x).square().sum()
-        loss_want.backward()
-        loss_got = compiled(x).square().sum()
-        loss_got.backward()
-        torch.testing.assert_close(loss_got, loss_want, rtol=1e-5, atol=1e-5)
-        for a, b in zip(reference.parameters(), fused.parameters()):
-            torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-5)
-    for a, b in zip(reference.buffers(), fused.buffers()):
-        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    compiled_steps_match(reference, fused, torch.randn(4, 3, 12, 12))
+
+
+@pytest.mark.skipif(not simam_kernels.compiled_available(torch.device("cpu")),
+                    reason="torch.compile needs a C++ compiler")
+def test_whole_model_compile_with_relu6_and_channels_last_matches_the_unfused_modules():
+    """MobileNetV2's pattern (depthwise conv, SimAM, BN, ReLU6, 1x1 conv) in channels_last under torch.compile, where
+    the ReLU6 joins the fused step: the loss, gradients and running statistics of the unfused modules."""
+    torch.manual_seed(0)
+    reference = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1, groups=8),
+                              SimAM(implementation="reference"), nn.BatchNorm2d(8), nn.ReLU6(inplace=True),
+                              nn.Conv2d(8, 4, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    randomize_bn_statistics(reference)
+    reference.to(memory_format=torch.channels_last)
+    fused = copy.deepcopy(reference)
+    networks.set_simam_implementation("auto", fused)
+    assert fuse_simam_batchnorm(fused) == 1
+    compiled_steps_match(reference, fused, torch.randn(4, 3, 10, 10).to(memory_format=torch.channels_last))
 
 
 def test_ddp_single_process_step_equals_the_plain_model(tmp_path):

@@ -182,27 +182,36 @@ def simam_fused(x: Tensor, e_lambda: float = 0.1, implementation: str | None = N
 
 class _SimAMBatchNormFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, e_lambda: float, eps: float, implementation: str):
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, e_lambda: float, eps: float, implementation: str,
+                bounds: tuple[float, float | None] | None):
         out, mean, k, batch_mean, batch_var, invstd = _run(simam_batch_norm_forward_math, x, implementation,
-                                                           x, weight, bias, e_lambda, eps)
-        ctx.save_for_backward(x, weight, mean, k, batch_mean, invstd)
-        ctx.implementation = implementation
+                                                           x, weight, bias, e_lambda, eps, bounds)
+        # with bounds the output is the ReLU's, which the next layer keeps anyway: its mask is read from it
+        ctx.save_for_backward(x, weight, mean, k, batch_mean, invstd, out if bounds is not None else None)
+        ctx.implementation, ctx.bounds = implementation, bounds
         ctx.mark_non_differentiable(batch_mean, batch_var)
         return out, batch_mean, batch_var
 
     @staticmethod
     def backward(ctx, grad: Tensor, _grad_mean, _grad_var):
-        x, weight, mean, k, batch_mean, invstd = ctx.saved_tensors
+        x, weight, mean, k, batch_mean, invstd, out = ctx.saved_tensors
+        # traced into a whole-model graph, whose compiler fuses the sums' products into one pass: all sums at once
+        one_pass = torch.compiler.is_compiling()
         grad_x, grad_weight, grad_bias = _run(simam_batch_norm_backward_math, x, ctx.implementation,
-                                              grad, x, weight, mean, k, batch_mean, invstd)
-        return grad_x, grad_weight, grad_bias, None, None, None
+                                              grad, x, weight, mean, k, batch_mean, invstd, out, ctx.bounds, one_pass)
+        return grad_x, grad_weight, grad_bias, None, None, None, None
 
 
 def simam_batch_norm(x: Tensor, e_lambda: float, implementation: str, weight: Tensor, bias: Tensor,
-                     running_mean: Tensor | None, running_var: Tensor | None, momentum: float, eps: float) -> Tensor:
+                     running_mean: Tensor | None, running_var: Tensor | None, momentum: float, eps: float,
+                     bounds: tuple[float, float | None] | None = None) -> Tensor:
     """SimAM followed by ``F.batch_norm(..., training=True)`` as one function: the same output, gradients and
     running statistics (updated in place: ``running = (1 - momentum) running + momentum batch``, the variance
     unbiased) as the pair, while keeping only SimAM's input and per-channel statistics for backward.
+
+    ``bounds``: the activation after the BN, fused into the step: (0, None) a ReLU (``F.threshold(out, 0, 0)``),
+    (low, high) a ReLU6 (``F.hardtanh(out, low, high)``); its output is kept for backward (the next layer keeps it
+    too), and the activation's gradient is read from it instead of recomputing BN's output.
 
     'reference', exporting, and inputs BN rejects (one value per channel) run the unfused pair."""
     check_4d(x)
@@ -210,8 +219,13 @@ def simam_batch_norm(x: Tensor, e_lambda: float, implementation: str, weight: Te
     count = x.shape[0] * x.shape[2] * x.shape[3]
     if implementation == "reference" or exporting() or count == 1:
         y = simam_fused(x, e_lambda, implementation)
-        return F.batch_norm(y, running_mean, running_var, weight, bias, True, momentum, eps)
-    out, batch_mean, batch_var = _SimAMBatchNormFunction.apply(x, weight, bias, e_lambda, eps, implementation)
+        out = F.batch_norm(y, running_mean, running_var, weight, bias, True, momentum, eps)
+        if bounds is None:
+            return out
+        low, high = bounds
+        return F.threshold(out, low, low) if high is None else F.hardtanh(out, low, high)
+    out, batch_mean, batch_var = _SimAMBatchNormFunction.apply(x, weight, bias, e_lambda, eps, implementation,
+                                                               bounds)
     if running_mean is not None and running_var is not None:
         with torch.no_grad():
             running_mean.mul_(1 - momentum).add_(batch_mean.view(-1), alpha=momentum)

@@ -10,6 +10,7 @@ MobileNetV2 depthwise ConvBNReLU).
 
 from __future__ import annotations
 
+import re
 from typing import Callable
 
 from torch import nn
@@ -27,6 +28,17 @@ ATTENTION_SITES: dict[type[nn.Module], dict[str, str]] = {
     # conv = [pointwise ConvBNReLU (if expanding)], depthwise ConvBNReLU, pointwise-linear conv, BN
     InvertedResidual: {AFTER_3X3_CONV: "conv.-3.0", AFTER_BRANCH_BN: "conv.-1"},
 }
+
+
+# A class named like a block: one the table does not list would silently get no attention, so it is an error.
+_BLOCK_NAME = re.compile(r"(Block|Bottleneck|Residual)$")
+
+
+def _unlisted_block(module: nn.Module) -> bool:
+    """Whether ``module`` looks like a block (a subclass of a listed one, or named like one) but is not listed."""
+    kind = type(module)
+    return kind not in ATTENTION_SITES and (issubclass(kind, tuple(ATTENTION_SITES))
+                                            or bool(_BLOCK_NAME.search(kind.__name__)))
 
 
 def _child(module: nn.Module, name: str) -> nn.Module:
@@ -58,12 +70,22 @@ def attach_attention(model: nn.Module, site: str, make_attention: Callable[[int]
     """Insert ``make_attention(channels)`` at ``site`` of every known block of ``model``.
 
     Returns the inserted modules (so the caller can initialise them like the backbone).
+
+    Raises:
+        ValueError: ``model`` holds a block class the table does not list, or no listed block at all: a network
+            without attention in some blocks is never built silently.
     """
+    where = "networks/placement.py (ATTENTION_SITES)"
+    unlisted = [(name, module) for name, module in model.named_modules() if _unlisted_block(module)]
+    if unlisted:
+        name, module = unlisted[0]
+        raise ValueError(f"block {type(module).__name__} ({name}) has no attention sites: add its class to {where}")
+    blocks = [module for module in model.modules() if type(module) in ATTENTION_SITES]
+    if not blocks:
+        raise ValueError(f"{type(model).__name__} holds no block listed in {where}: add its block class there")
     inserted = []
-    for block in list(model.modules()):
-        sites = ATTENTION_SITES.get(type(block))
-        if sites is None:
-            continue
+    for block in blocks:
+        sites = ATTENTION_SITES[type(block)]
         path = sites[site]
         followed = block
         for name in path.split("."):

@@ -326,7 +326,7 @@ def recommended_and_release(args, device: torch.device) -> dict[str, TrainBench]
 
 
 def suite_train(args) -> dict:
-    """Training steps per second with the recommended settings (configs/fast/) and the release's."""
+    """Training steps per second with the recommended settings (configs/recipes/fast.yaml) and the release's."""
     device = torch.device(args.device)
     benches = recommended_and_release(args, device)
     for bench in benches.values():

@@ -57,7 +57,7 @@ from scripts.benchmark import (  # noqa: E402
     time_benches,
 )
 from training import distributed  # noqa: E402
-from training.data import build_data  # noqa: E402
+from training.data import DataOptions, build_data  # noqa: E402
 from training.ema import build_ema  # noqa: E402
 from training.engine import StepOptions, train_step  # noqa: E402
 from training.errors import UserError  # noqa: E402
@@ -191,7 +191,7 @@ def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
 
 
 def as_training_keeps(model: nn.Module) -> nn.Module:
-    """The model's buffers stored as ``main_imagenet.fit`` stores them (one storage, for the guard)."""
+    """The model's buffers stored as ``training.run.fit`` stores them (one storage, for the guard)."""
     flatten_buffers(model)
     return model
 
@@ -725,9 +725,9 @@ def check_uint8_pinned(run: Run) -> dict:
     crop = size.data_crop
     batches = {}
     for pipeline in ("uint8", "pil"):
-        args = argparse.Namespace(data=root, dummy=0, evaluate=False, train_crop_size=crop,
-                                  val_resize_size=round(crop * 8 / 7), val_crop_size=crop, input_pipeline=pipeline)
-        data = build_data(args, 1, 0, seed=0, batch_per_process=4, workers=size.data_workers, pin_memory=run.cuda)
+        options = DataOptions(data=root, train_crop_size=crop, val_resize_size=round(crop * 8 / 7), val_crop_size=crop,
+                              input_pipeline=pipeline)
+        data = build_data(options, 1, 0, seed=0, batch_per_process=4, workers=size.data_workers, pin_memory=run.cuda)
         batches[pipeline] = [("train", b) for b in data.train_loader] + [("val", b) for b in data.val_loader]
         del data
     std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)

@@ -64,4 +64,5 @@ def spawn_on_two_cpus(args) -> None:
     import main_imagenet
     from training.distributed import free_port
 
-    main_imagenet.spawn([torch.device("cpu"), torch.device("cpu")], args, f"tcp://127.0.0.1:{free_port()}")
+    main_imagenet.spawn([torch.device("cpu"), torch.device("cpu")], main_imagenet.check_args(args),
+                        f"tcp://127.0.0.1:{free_port()}")

@@ -9,8 +9,9 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import main_imagenet  # noqa: E402
+from training import run  # noqa: E402
 
-save_checkpoint = main_imagenet.save_checkpoint
+save_checkpoint = run.save_checkpoint
 
 
 def save_then_signal(saved, run_dir, best=False):
@@ -19,7 +20,7 @@ def save_then_signal(saved, run_dir, best=False):
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-main_imagenet.save_checkpoint = save_then_signal
+run.save_checkpoint = save_then_signal
 
 if __name__ == "__main__":
     sys.exit(main_imagenet.cli())

@@ -4,12 +4,16 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import asdict
 
 import pytest
 import torch
 
 import main_imagenet
+import networks
 from helpers import TINY, train_argv
+from training.optim import SgdOptions
+from training.schedule import LrSchedule
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -171,7 +175,7 @@ def test_bad_recipe_values(tiny_data, tmp_path, capsys, flags, expected):
 
 def test_eval_ema_of_a_checkpoint_without_an_ema(tiny_data, tmp_path, capsys):
     checkpoint = tmp_path / "plain.pth"
-    torch.save({"state_dict": main_imagenet.networks.create_net("resnet18", "simam", num_classes=3).state_dict()},
+    torch.save({"state_dict": networks.create_net("resnet18", "simam", num_classes=3).state_dict()},
                checkpoint)
     fails(train_argv(tiny_data, tmp_path, "-e", "--eval-ema", "--resume", checkpoint), capsys,
           "has no EMA weights ('model_ema')")
@@ -179,12 +183,12 @@ def test_eval_ema_of_a_checkpoint_without_an_ema(tiny_data, tmp_path, capsys):
 
 def test_schedule_flags_map_to_the_schedule_by_name():
     parse = main_imagenet.get_args_parser().parse_args
-    assert main_imagenet.scheduler_kwargs(parse(["D"]))["name"] == "step"
-    assert main_imagenet.scheduler_kwargs(parse(["D", "--cos_lr"]))["name"] == "release_cosine"
-    kwargs = main_imagenet.scheduler_kwargs(parse(["D", "--lr-scheduler", "multistep", "--lr-milestones", "3", "7",
-                                                   "--lr-gamma", "0.5", "--epochs", "9", "--warmup-epochs", "1"]))
+    assert LrSchedule.from_args(parse(["D"])).name == "step"
+    assert LrSchedule.from_args(parse(["D", "--cos_lr"])).name == "release_cosine"
+    kwargs = asdict(LrSchedule.from_args(parse(["D", "--lr-scheduler", "multistep", "--lr-milestones", "3", "7",
+                                                "--lr-gamma", "0.5", "--epochs", "9", "--warmup-epochs", "1"])))
     assert kwargs == dict(epochs=9, name="multistep", warmup_epochs=1.0, step_size=30, gamma=0.5, milestones=(3, 7),
                           lr_min=0.0)
-    defaults = main_imagenet.optimizer_kwargs(parse(["D"]))
+    defaults = asdict(SgdOptions.from_args(parse(["D"])))
     assert defaults == dict(lr=0.1, momentum=0.9, weight_decay=1e-4, nesterov=False, norm_weight_decay=None,
                             bias_weight_decay=None)

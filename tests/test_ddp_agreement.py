@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 import main_imagenet
 from helpers import ROOT, spawn_on_two_cpus, train_argv
 from test_main_imagenet import run_main
-from training import distributed
+from training import distributed, run
 from training.checkpoint import LATEST, PREVIOUS
 from training.config import parse_with_config
 from training.errors import UserError
@@ -29,7 +29,7 @@ def _find_on_rank(rank: int, port: int, ckpts: list[str], data: str, out: str) -
     distributed.init_process_group(ctx, None, f"tcp://127.0.0.1:{port}", 1.0)
     args = parse_with_config(main_imagenet.get_args_parser(), train_argv(data, ckpts[rank], "--resume", "auto"))
     try:
-        found = main_imagenet.find_checkpoint(args, ctx)
+        found = run.find_checkpoint(main_imagenet.check_args(args), ctx)
         result = {"path": found.path if found else None, "epoch": found.get("epoch") if found else None}
     except UserError as error:
         result = {"error": str(error)}

@@ -19,10 +19,10 @@ import shutil
 import pytest
 import torch
 
-import main_imagenet
 from helpers import train_argv
 from scripts.make_sample_data import make_dataset
 from test_main_imagenet import run_main, same_training_state
+from training import evaluation, performance, run
 from training.checkpoint import LATEST, PREVIOUS
 
 pytestmark = pytest.mark.slow  # about 40 short training runs
@@ -118,8 +118,8 @@ def run_folder_of(ckpt, attention: str):
 @pytest.mark.parametrize("row", ROWS, ids=lambda row: "-".join(map(str, row.values())))
 def test_two_epochs_resumed_inside_the_second_equal_two_uninterrupted_epochs(row, datasets_by_remainder, tmp_path,
                                                                             monkeypatch):
-    monkeypatch.setattr(main_imagenet, "compile_model",
-                        functools.partial(main_imagenet.compile_model, backend="eager"))
+    for module in (run, evaluation):  # the training model's compile and the evaluation models'
+        monkeypatch.setattr(module, "compile_model", functools.partial(performance.compile_model, backend="eager"))
     torch._dynamo.reset()
     data = datasets_by_remainder[row["remainder"]]
     flags = flags_of(row)

@@ -1,4 +1,4 @@
-"""The fast training path (configs/fast/): compiled bf16 channels_last training on uint8 batches, checked
+"""The fast training path (configs/recipes/fast.yaml): compiled bf16 channels_last training on uint8 batches, checked
 against an independent fp32 evaluation; exact resumption with persistent workers; no per-step host reads."""
 
 import os
@@ -11,11 +11,12 @@ from test_main_imagenet import run_main, same_training_state
 from training.performance import amp_dtype_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FAST_R18 = os.path.join(ROOT, "configs", "fast", "resnet18_simam.yaml")
+FAST_R18 = ["--config", os.path.join(ROOT, "configs", "resnet18_simam.yaml"),
+            "--config", os.path.join(ROOT, "configs", "recipes", "fast.yaml")]
 
 
 def test_fast_recipe_trains_and_its_checkpoint_evaluates_the_same_in_fp32(four_class_data, tmp_path, capsys):
-    argv = [str(four_class_data), "--config", FAST_R18, "--epochs", "3", "-b", "16", "-j", "2", "--seed", "0",
+    argv = [str(four_class_data), *FAST_R18, "--epochs", "3", "-b", "16", "-j", "2", "--seed", "0",
             "--lr", "0.05", "--cos_lr", "--ckpt", str(tmp_path), *TINY]
     result = run_main(argv)
     out = capsys.readouterr().out

@@ -123,13 +123,14 @@ def test_sigkill_mid_save_leaves_whole_files(four_class_data, tmp_path):
     run_dir = tmp_path / "imagenet-resnet50-simam-param0.1-seed0"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and run.process.poll() is None:
-        if run_dir.is_dir() and any(".tmp" in name for name in os.listdir(run_dir)):
+        # a checkpoint's partial file (the run lock's own short-lived temporary file is no save)
+        if run_dir.is_dir() and any(".pth.tar.tmp" in name for name in os.listdir(run_dir)):
             os.killpg(run.process.pid, signal.SIGKILL)
             break
         time.sleep(0.001)
     run.kill()
     names = os.listdir(run_dir)
-    assert any(".tmp" in name for name in names), "the process was not killed while saving"
+    assert any(".pth.tar.tmp" in name for name in names), "the process was not killed while saving"
     for name in names:
         if name.endswith(".pth.tar"):
             loadable(run_dir / name)  # the old version or the new one, whole
@@ -190,7 +191,7 @@ def test_spawned_ddp_with_a_killed_process_ends_with_a_clear_error(four_class_da
     """The --gpu 0,1 path (one spawned process per device), here with two CPU devices."""
     script = ("import sys, torch, main_imagenet; from training.config import parse_with_config; "
               "args = parse_with_config(main_imagenet.get_args_parser(), sys.argv[1:]); "
-              "main_imagenet.spawn([torch.device('cpu'), torch.device('cpu')], args, "
+              "main_imagenet.spawn([torch.device('cpu'), torch.device('cpu')], main_imagenet.check_args(args), "
               "f'tcp://127.0.0.1:{main_imagenet.distributed.free_port()}')")
     run = Training(argv(four_class_data, tmp_path, "--dist-timeout", "0.5", epochs=20), launcher=("-c", script))
     run.wait_for(r"Epoch: \[0\]\[ 2/")

@@ -149,12 +149,14 @@ def test_sync_bn_conversion_keeps_the_state_dict_and_evaluates_the_same():
 
 
 def test_sync_bn_with_several_cpu_processes_is_a_one_line_error(three_class_data, tmp_path):
+    from training import run
     from training.distributed import Context
 
     args = main_imagenet.get_args_parser().parse_args(train_argv(three_class_data, tmp_path, "--sync-bn"))
-    spec = main_imagenet.resolve_run(args, None, Context(torch.device("cpu")))
+    config = main_imagenet.check_args(args)
+    spec = run.resolve_run(config, None, Context(torch.device("cpu")))
     with pytest.raises(main_imagenet.UserError, match="--sync-bn runs on GPUs only"):
-        main_imagenet.set_up(args, spec, None, Context(torch.device("cpu"), rank=0, world_size=2))
+        run.set_up(config, spec, None, Context(torch.device("cpu"), rank=0, world_size=2))
 
 
 @pytest.mark.slow

@@ -64,7 +64,7 @@ def spawn_two_cpu_processes(argv):
     """``main_imagenet.spawn`` (the --gpu 0,1 path) with two CPU devices, in a subprocess; returns its result."""
     script = ("import sys, torch, main_imagenet; from training.config import parse_with_config; "
               "args = parse_with_config(main_imagenet.get_args_parser(), sys.argv[1:]); "
-              "main_imagenet.spawn([torch.device('cpu'), torch.device('cpu')], args, "
+              "main_imagenet.spawn([torch.device('cpu'), torch.device('cpu')], main_imagenet.check_args(args), "
               "f'tcp://127.0.0.1:{main_imagenet.distributed.free_port()}')")
     return ("-c", script), list(map(str, argv))
 

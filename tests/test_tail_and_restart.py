@@ -9,10 +9,10 @@ import weakref
 import pytest
 import torch
 
-import main_imagenet
 from helpers import train_argv
 from scripts.make_sample_data import make_dataset
 from test_main_imagenet import run_main
+from training import run as run_phases
 from training.checkpoint import LATEST
 from training.state import LoadedCheckpoint
 
@@ -34,13 +34,13 @@ def test_accumulation_drops_the_incomplete_last_batch_instead_of_crashing(fiftee
     channel"); now each epoch is the whole batches only, every one split into equal micro-batches."""
     batch = 4 if accum_steps == 2 else 8
     seen = []
-    original = main_imagenet.train_one_epoch
+    original = run_phases.train_one_epoch
 
-    def counting(model, loader, *args, **kwargs):
-        seen.extend(len(target) for _, target in loader)
-        return original(model, loader, *args, **kwargs)
+    def counting(model, pipeline, *args, **kwargs):
+        seen.extend(len(target) for _, target in pipeline.train_loader)
+        return original(model, pipeline, *args, **kwargs)
 
-    monkeypatch.setattr(main_imagenet, "train_one_epoch", counting)
+    monkeypatch.setattr(run_phases, "train_one_epoch", counting)
     result = run_main(train_argv(fifteen_images, tmp_path, "--accum-steps", accum_steps, batch=batch))
     assert seen == [batch] * (15 // batch)
     saved = torch.load(tmp_path / RUN / LATEST, weights_only=True)
@@ -87,23 +87,23 @@ class Content(dict):
 def test_the_loaded_checkpoint_is_freed_before_training(fifteen_images, tmp_path, monkeypatch):
     run_main(train_argv(fifteen_images, tmp_path, batch=4, epochs=1))
     watched = []
-    find = main_imagenet.find_checkpoint
+    find = run_phases.find_checkpoint
 
-    def find_watched(args, ctx):
-        found = find(args, ctx)
+    def find_watched(config, ctx):
+        found = find(config, ctx)
         content = Content(found.content)
         watched.append(weakref.ref(content))
         return LoadedCheckpoint(found.path, content, found.listed)
 
     alive_in_fit = []
-    fit = main_imagenet.fit
+    fit = run_phases.fit
 
-    def fit_watched(run, state, args):
+    def fit_watched(run, state):
         gc.collect()
         alive_in_fit.append(watched[0]() is not None)
-        return fit(run, state, args)
+        return fit(run, state)
 
-    monkeypatch.setattr(main_imagenet, "find_checkpoint", find_watched)
-    monkeypatch.setattr(main_imagenet, "fit", fit_watched)
+    monkeypatch.setattr(run_phases, "find_checkpoint", find_watched)
+    monkeypatch.setattr(run_phases, "fit", fit_watched)
     run_main(train_argv(fifteen_images, tmp_path, "--resume", tmp_path / RUN, batch=4, epochs=2))
     assert alive_in_fit == [False]

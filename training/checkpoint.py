@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import hashlib
 import os
 import random
 import shutil
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
@@ -18,11 +20,40 @@ import networks
 from networks.identify import likely_cause
 
 from .errors import TrainingError, UserError, one_line
+from .options import Options
 
 LATEST = "checkpoint.pth.tar"
 PREVIOUS = "checkpoint.prev.pth.tar"  # the checkpoint LATEST replaced: a fallback if LATEST is damaged
 BEST = "model_best.pth.tar"
 RESUME_CANDIDATES = (LATEST, PREVIOUS, BEST)
+
+
+@dataclass(frozen=True)
+class CheckpointOptions(Options):
+    """Where a run saves, how often, and what it resumes from."""
+
+    ckpt: str = "./ckpts/"
+    resume: str = ""
+    checkpoint_interval: float = 10.0  # minutes
+    checkpoint_every_steps: int = 0
+
+    def check(self) -> None:
+        self.not_negative("checkpoint_interval", "checkpoint_every_steps")
+
+
+def add_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("checkpoints and recovery")
+    arg = group.add_argument
+    arg("--ckpt", default=CheckpointOptions.ckpt, help="folder to output checkpoints (a run folder is made inside)")
+    arg("--resume", default=CheckpointOptions.resume, type=str, metavar="PATH",
+        help="checkpoint to resume from (a file or a run folder; 'auto': this run's folder if it has a checkpoint, "
+             "else start; the default for workers that torchrun --max-restarts restarted); with -e, the checkpoint "
+             "to evaluate")
+    arg("--checkpoint-interval", default=CheckpointOptions.checkpoint_interval, type=float, metavar="MINUTES",
+        help="also save a resumable checkpoint inside an epoch every MINUTES of training (0: only after each epoch "
+             "and on SIGTERM); a SIGKILL or a dead node then loses at most this much")
+    arg("--checkpoint-every-steps", default=CheckpointOptions.checkpoint_every_steps, type=int, metavar="N",
+        help="also save a resumable checkpoint every N training steps (0: off)")
 
 
 def atomic_save(obj: Any, path: str, keep_previous: str | None = None) -> None:

@@ -1,5 +1,5 @@
-"""YAML recipes: a file (built on others with ``_base_``) sets parser defaults, command-line flags override
-it, the result is saved."""
+"""YAML recipes: ``--config FILE`` (given once or more; a file may build on others with ``_base_``) sets parser
+defaults, a later file overriding an earlier one, command-line flags override them all, the result is saved."""
 
 from __future__ import annotations
 
@@ -66,23 +66,53 @@ def _read_one(path: str, chain: tuple[str, ...]) -> dict[str, Any]:
     return {str(key).replace("-", "_"): value for key, value in recipe.items()}
 
 
+def add_config_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> argparse.Action:
+    """Add ``--config FILE`` (repeatable) to ``parser``, as ``parse_with_config`` reads it."""
+    return parser.add_argument(
+        "--config", metavar="FILE.yaml", action="append", default=None,
+        help="YAML recipe (see configs/); give it again to add a file on top, e.g. --config "
+             "configs/resnet50_simam.yaml --config configs/recipes/fast.yaml: a later file overrides an earlier "
+             "one, flags given on the command line override them all")
+
+
+def config_paths(config: str | Sequence[str] | None) -> list[str]:
+    """The files of ``args.config``: none, one (a plain ``--config`` option) or a list (``add_config_option``)."""
+    if not config:
+        return []
+    return [config] if isinstance(config, str) else list(config)
+
+
 def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Parse ``argv``; values from ``--config FILE`` replace the parser's defaults, explicit flags win."""
+    """Parse ``argv``; values from the ``--config`` files replace the parser's defaults (a later file wins),
+    explicit flags win over all."""
     args = parser.parse_args(argv)
-    if getattr(args, "config", None):
-        apply_config(parser, read_config(args.config), args.config)
+    paths = config_paths(getattr(args, "config", None))
+    if paths:
+        merged: dict[str, Any] = {}
+        for path in paths:
+            recipe = read_config(path)
+            check_options(parser, recipe, path)
+            merged.update(recipe)
+        parser.set_defaults(**merged)
         args = parser.parse_args(argv)
     return args
 
 
 def apply_config(parser: argparse.ArgumentParser, recipe: dict[str, Any], source: str) -> None:
     """Make ``recipe`` the parser's defaults; an unknown key is an error naming the valid ones."""
-    known = {action.dest for action in parser._actions if action.dest != "help"}
+    check_options(parser, recipe, source)
+    parser.set_defaults(**recipe)
+
+
+def check_options(parser: argparse.ArgumentParser, recipe: dict[str, Any], source: str) -> None:
+    """An error naming ``source`` unless every key of ``recipe`` is an option of ``parser`` (``config`` itself is
+    not: a file builds on others with ``_base_``)."""
+    known = {action.dest for action in parser._actions if action.dest != "help"} - set(RUNTIME_FIELDS)
     unknown = sorted(set(recipe) - known)
     if unknown:
-        raise UserError(f"config file {source}: unknown option(s) {', '.join(unknown)}; "
-                        f"valid: {', '.join(sorted(known - set(RUNTIME_FIELDS)))}")
-    parser.set_defaults(**recipe)
+        hint = f" ({BASE_KEY} builds on other files)" if "config" in unknown else ""
+        raise UserError(f"config file {source}: unknown option(s) {', '.join(unknown)}{hint}; "
+                        f"valid: {', '.join(sorted(known))}")
 
 
 def recipe_of(args: argparse.Namespace) -> dict[str, Any]:

@@ -9,9 +9,10 @@ the one channel that reaches persistent workers.
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import numpy as np
@@ -28,6 +29,8 @@ except ImportError:  # a torchvision without it: load_uint8 decodes with PIL
 
 from . import presets
 from .errors import BadImageError, UserError
+from .options import Options, user_errors
+from .performance import INPUT_PIPELINES, to_device
 
 
 def load_rgb(path: str) -> Image.Image:
@@ -236,39 +239,103 @@ class EvalShard(Sampler):
         return iter(self.indices)
 
 
+@dataclass(frozen=True)
+class DataOptions(Options):
+    """Where the images come from and how they are read and cropped (the input pipeline), with augmentation."""
+
+    data: str | None = None
+    dummy: int = 0
+    workers: int = 4  # per node
+    input_pipeline: str = "pil"  # one of INPUT_PIPELINES
+    train_crop_size: int = 224
+    val_resize_size: int = 256
+    val_crop_size: int = 224
+    train_size_schedule: str | None = None
+    skip_bad_images: bool = False
+    augment: presets.AugmentOptions = field(default_factory=presets.AugmentOptions)
+    train: bool = True  # not a flag: False leaves out the training set (-e)
+    whole_batches: bool = False  # not a flag: training batches all full (gradient accumulation)
+
+    @classmethod
+    def values_of(cls, args) -> dict:
+        return {**super().values_of(args), "augment": presets.AugmentOptions.from_args(args)}
+
+    def check(self) -> None:
+        self.at_least_one("train_crop_size", "val_resize_size", "val_crop_size")
+        self.not_negative("workers")
+        if self.train_size_schedule:
+            user_errors(presets.train_size_schedule, self.train_size_schedule)
+        if self.data is None and not self.dummy:
+            raise UserError("the data folder DIR is required (or --dummy for synthetic data); see --help")
+
+
+def add_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("data and input pipeline")
+    arg = group.add_argument
+    arg("data", metavar="DIR", nargs="?", default=None,
+        help="dataset folder with train/ and val/, one sub-folder per class (not needed with --dummy)")
+    arg("-j", "--workers", default=DataOptions.workers, type=int, metavar="N",
+        help="data loading workers per node (divided among the node's processes)")
+    arg("--dummy", nargs="?", type=int, const=1281167, default=DataOptions.dummy, metavar="N",
+        help="synthetic data instead of DATA: N training images (without N: ImageNet's 1281167), N/25 validation")
+    arg("--input-pipeline", default=DataOptions.input_pipeline, choices=INPUT_PIPELINES,
+        help="pil: torchvision's PIL transforms to normalised floats (the release's); uint8: the same "
+             "augmentation, faster, as uint8 batches normalised on the device")
+    arg("--train-crop-size", default=DataOptions.train_crop_size, type=int, help="RandomResizedCrop size for training")
+    arg("--val-resize-size", default=DataOptions.val_resize_size, type=int,
+        help="validation: resize the shorter side to this")
+    arg("--val-crop-size", default=DataOptions.val_crop_size, type=int, help="validation: centre crop size")
+    arg("--train-size-schedule", default=None, metavar="START:END:FROM_EPOCH:TO_EPOCH",
+        help="progressive resizing: training crops grow linearly from START px (before FROM_EPOCH) to END px "
+             "(from TO_EPOCH on), in multiples of 32; replaces --train-crop-size")
+    arg("--skip-bad-images", action="store_true",
+        help="pass over images that cannot be read (training: the next readable image takes the place; "
+             "validation: left out), naming them on stderr and in log.txt and counting them in metrics.jsonl; "
+             "default: stop with an error naming the file")
+    presets.add_options(parser)
+
+
 @dataclass
-class Data:
-    """What the rest of training needs to know about the data."""
+class InputPipeline:
+    """The input pipeline of a process: its loaders (files decoded and cropped in the loader workers) and the
+    batches' last step on the device (``to_device``: uint8 batches are normalised there)."""
 
     train_loader: DataLoader | None
     val_loader: DataLoader
     classes: list[str]
 
+    def train_epoch(self, epoch: int, skip_batches: int = 0) -> DataLoader:
+        """The training batches of ``epoch`` after its first ``skip_batches`` (a resumed epoch)."""
+        self.train_loader.sampler.set_epoch(epoch, skip=skip_batches * self.train_loader.batch_size)
+        return self.train_loader
 
-def build_data(args, world_size: int, rank: int, seed: int, batch_per_process: int, workers: int,
-               pin_memory: bool) -> Data:
-    """Datasets and loaders for ``args`` (ImageFolder under ``args.data``, or synthetic with ``--dummy``), in the
-    input pipeline ``args.input_pipeline`` (default ``pil``; ``uint8`` gives uint8 image batches). Optional, off by
-    default: ``args.auto_augment``, ``ra_magnitude``, ``augmix_severity``, ``random_erase`` (``presets.TrainTransform``)
-    and ``args.train_size_schedule`` (``presets.train_size_schedule``; training crops of ``args.train_crop_size``
-    without it)."""
-    pipeline = getattr(args, "input_pipeline", "pil")
-    train_tf = presets.train_transform(args.train_crop_size, pipeline,
-                                       auto_augment=getattr(args, "auto_augment", None),
-                                       ra_magnitude=getattr(args, "ra_magnitude", 9),
-                                       augmix_severity=getattr(args, "augmix_severity", 3),
-                                       random_erase=getattr(args, "random_erase", 0.0))
-    size_spec = getattr(args, "train_size_schedule", None)
+    def crop_size_of(self, epoch: int) -> int | None:
+        """The training crop size of ``epoch`` under a size schedule (None without one)."""
+        size_of_epoch = self.train_loader.sampler.size_of_epoch
+        return None if size_of_epoch is None else size_of_epoch(epoch)
+
+    to_device = staticmethod(to_device)
+
+
+def build_data(options: DataOptions, world_size: int, rank: int, seed: int, batch_per_process: int, workers: int,
+               pin_memory: bool) -> InputPipeline:
+    """The input pipeline ``options`` describe (ImageFolder under ``options.data``, or synthetic with ``dummy``), in
+    the pipeline ``options.input_pipeline`` (``uint8`` gives uint8 image batches), with the augmentation of
+    ``options.augment`` (``presets.TrainTransform``) and the crop sizes of ``options.train_size_schedule``
+    (``presets.train_size_schedule``; ``train_crop_size`` without it)."""
+    pipeline = options.input_pipeline
+    train_tf = presets.TrainTransform(options.train_crop_size, pipeline, options.augment)
+    size_spec = options.train_size_schedule
     size_of_epoch = presets.train_size_schedule(size_spec) if size_spec else None
-    val_tf = presets.eval_transform(args.val_resize_size, args.val_crop_size, pipeline)
+    val_tf = presets.eval_transform(options.val_resize_size, options.val_crop_size, pipeline)
     loader = image_loader(pipeline)
-    if args.dummy:
+    if options.dummy:
         uint8 = pipeline == "uint8"
-        train_set = None if args.evaluate else SyntheticImages(args.dummy, args.train_crop_size, uint8=uint8)
-        val_set = SyntheticImages(max(args.dummy // 25, 1), args.val_crop_size, uint8=uint8)
-    else:  # main_imagenet.check_args has made sure DATA is given
-        train_set = None if args.evaluate else image_folder(args.data, "train", train_tf, loader)
-        val_set = image_folder(args.data, "val", val_tf, loader)
+        train_set = SyntheticImages(options.dummy, options.train_crop_size, uint8=uint8) if options.train else None
+        val_set = SyntheticImages(max(options.dummy // 25, 1), options.val_crop_size, uint8=uint8)
+    else:  # DataOptions.check has made sure DATA is given
+        train_set = image_folder(options.data, "train", train_tf, loader) if options.train else None
+        val_set = image_folder(options.data, "val", val_tf, loader)
         if train_set is not None and train_set.classes != val_set.classes:
             only_train = sorted(set(train_set.classes) - set(val_set.classes))
             only_val = sorted(set(val_set.classes) - set(train_set.classes))
@@ -276,7 +343,7 @@ def build_data(args, world_size: int, rank: int, seed: int, batch_per_process: i
                             f"only in val/: {only_val[:5]}")
     loader_options = dict(batch_size=batch_per_process, num_workers=workers, pin_memory=pin_memory,
                           persistent_workers=workers > 0)
-    skip_bad = getattr(args, "skip_bad_images", False)
+    skip_bad = options.skip_bad_images
     train_loader = None
     if train_set is not None:
         sampler = TrainSampler(len(train_set), world_size, rank, seed, size_of_epoch)
@@ -284,7 +351,7 @@ def build_data(args, world_size: int, rank: int, seed: int, batch_per_process: i
         # per channel"), and always under gradient accumulation, where it would make micro-batches of unequal size
         # (down to one image) and, under torch.compile, one more graph per odd size.
         remainder = sampler.per_replica % batch_per_process
-        drop_last = remainder == 1 or (remainder > 0 and getattr(args, "accum_steps", 1) > 1)
+        drop_last = remainder == 1 or (remainder > 0 and options.whole_batches)
         train_loader = DataLoader(SeededSamples(train_set, skip_bad), sampler=sampler, drop_last=drop_last,
                                   **loader_options)
     val_sampler = EvalShard(len(val_set), world_size, rank)
@@ -293,4 +360,4 @@ def build_data(args, world_size: int, rank: int, seed: int, batch_per_process: i
                                 **loader_options)
     else:
         val_loader = DataLoader(val_set, sampler=val_sampler, **loader_options)
-    return Data(train_loader, val_loader, list(val_set.classes))
+    return InputPipeline(train_loader, val_loader, list(val_set.classes))

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Callable, TypeVar
 
@@ -12,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 from .errors import UserError, one_line
+from .options import Options
 
 T = TypeVar("T")
 
@@ -33,6 +35,80 @@ class Context:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+
+@dataclass(frozen=True)
+class LaunchOptions(Options):
+    """Which devices, and how the processes of a job meet."""
+
+    gpu: str | None = None
+    multiprocessing_distributed: bool = False
+    world_size: int = -1  # nodes
+    rank: int = -1  # this node's
+    dist_url: str | None = None
+    dist_backend: str | None = None
+    dist_timeout: float = 30.0  # minutes
+
+    @property
+    def nodes(self) -> int:
+        return max(self.world_size, 1)
+
+    def devices(self) -> list[torch.device]:
+        """This node's devices: one process each."""
+        return parse_gpus(self.gpu, every_gpu=self.multiprocessing_distributed)
+
+    def meeting_point(self) -> LaunchOptions:
+        """These options with ``dist_url`` resolved: a free local port on one node."""
+        if self.nodes > 1 and not self.dist_url:
+            raise UserError("--dist-url is required with --world-size > 1 (e.g. tcp://MASTER_ADDR:23456)")
+        return replace(self, dist_url=self.dist_url or f"tcp://127.0.0.1:{free_port()}")
+
+
+def add_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("devices and launch (one process per GPU, spawned here or by torchrun)")
+    arg = group.add_argument
+    arg("--gpu", default=None, type=str,
+        help="GPU ids to use, e.g. 0,1,2,3 (one process per GPU), or 'cpu' "
+             "(default: GPU 0 if CUDA is available, else CPU)")
+    arg("--multiprocessing-distributed", action="store_true",
+        help="the release's flag: one process per GPU (every visible GPU without --gpu) on each of --world-size "
+             "nodes; implied when --gpu lists several GPUs")
+    arg("--world-size", default=LaunchOptions.world_size, type=int,
+        help="number of nodes for distributed training (with --gpu / spawn)")
+    arg("--rank", default=LaunchOptions.rank, type=int, help="node rank for distributed training (with --gpu / spawn)")
+    arg("--dist-url", default=None, type=str,
+        help="url used to set up distributed training (default: a free local port on one node; env:// under torchrun)")
+    arg("--dist-backend", default=None, type=str, help="distributed backend (default: nccl on GPUs, gloo on CPU)")
+    arg("--dist-timeout", default=LaunchOptions.dist_timeout, type=float, metavar="MIN",
+        help="minutes a process waits for the others before failing")
+
+
+def torchrun_context(launch: LaunchOptions) -> Context:
+    """This process's place in a job torchrun started, from its environment; joins the job's process group."""
+    env = os.environ
+    rank, world_size, local_rank = int(env["RANK"]), int(env["WORLD_SIZE"]), int(env["LOCAL_RANK"])
+    local_world_size = int(env.get("LOCAL_WORLD_SIZE", world_size))
+    if torch.cuda.is_available() and (launch.gpu or "").lower() != "cpu":
+        devices = parse_gpus(launch.gpu) if launch.gpu else None
+        if devices is not None and local_rank >= len(devices):
+            raise UserError(f"--gpu {launch.gpu} lists {len(devices)} GPUs "
+                            f"but torchrun started {local_world_size} per node")
+        device = devices[local_rank] if devices else torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    ctx = Context(device, rank, world_size, local_rank, local_world_size)
+    init_process_group(ctx, launch.dist_backend, "env://", launch.dist_timeout)
+    return ctx
+
+
+def spawned_context(local_rank: int, devices: list[torch.device], launch: LaunchOptions) -> Context:
+    """The place of process ``local_rank`` of this node's ``devices`` (one each); joins the job's process group at
+    ``launch.dist_url``."""
+    node_rank = max(launch.rank, 0)
+    ctx = Context(devices[local_rank], node_rank * len(devices) + local_rank, launch.nodes * len(devices),
+                  local_rank, len(devices))
+    init_process_group(ctx, launch.dist_backend, launch.dist_url, launch.dist_timeout)
+    return ctx
 
 
 def launched_by_torchrun() -> bool:
@@ -120,7 +196,6 @@ def broadcast_int(value: int, device: torch.device) -> int:
     tensor = torch.tensor([value], dtype=torch.int64, device=device)
     dist.broadcast(tensor, src=0)
     return int(tensor.item())
-
 
 
 def any_process(flag: bool, device: torch.device) -> bool:

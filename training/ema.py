@@ -9,6 +9,8 @@ what a checkpoint saves as ``model_ema``.
 
 from __future__ import annotations
 
+import argparse
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
@@ -19,6 +21,32 @@ from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 import networks
 
 from .errors import UserError
+from .options import Options
+
+
+@dataclass(frozen=True)
+class EmaOptions(Options):
+    """``--model-ema``: whether and how the run keeps an average of the weights."""
+
+    model_ema: bool = False
+    model_ema_decay: float = 0.99998
+    model_ema_steps: int = 32
+
+    def check(self) -> None:
+        self.at_least_one("model_ema_steps")
+        if not 0.0 < self.model_ema_decay < 1.0:
+            raise UserError(f"--model-ema-decay must be in (0, 1), got {self.model_ema_decay}")
+
+
+def add_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("weight averaging (EMA, torchvision's names and meanings)")
+    arg = group.add_argument
+    arg("--model-ema", action="store_true",
+        help="keep an exponential moving average of the weights, evaluated every epoch beside the model")
+    arg("--model-ema-decay", default=EmaOptions.model_ema_decay, type=float,
+        help="EMA decay (adjusted for the batch size, --model-ema-steps and --epochs as torchvision does)")
+    arg("--model-ema-steps", default=EmaOptions.model_ema_steps, type=int,
+        help="update the EMA every N optimizer steps")
 
 
 def ema_decay(decay: float, steps: int, total_batch_size: int, epochs: int) -> float:

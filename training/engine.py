@@ -7,6 +7,7 @@ interval (``synchronize``).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import sys
 import time
@@ -18,14 +19,61 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from . import distributed
-from .data import skipped_images
-from .errors import TrainingError
+from .data import InputPipeline, skipped_images
+from .errors import TrainingError, UserError
 from .metrics import RunLog, RunningSums, averages_of, progress_line, show_progress
 from .mixing import dominant_label
 from .optim import NonFiniteGuard, skipped_flag, take_found_inf
+from .options import Options
 from .performance import to_device
 from .signals import StopRequest
 from .state import TrainState
+
+
+@dataclass(frozen=True)
+class LoopOptions(Options):
+    """The training loop's options: its length, batches and reporting."""
+
+    epochs: int = 90
+    start_epoch: int = 0
+    batch_size: int = 256  # over all processes
+    accum_steps: int = 1
+    label_smoothing: float = 0.0
+    print_freq: int = 10
+    log_freq: int = 500
+    max_bad_steps: int = 0
+    no_progress: bool = False
+
+    def check(self) -> None:
+        self.at_least_one("epochs", "batch_size", "print_freq", "log_freq", "accum_steps")
+        self.not_negative("start_epoch", "max_bad_steps")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise UserError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.batch_size % self.accum_steps:
+            raise UserError(f"--accum-steps {self.accum_steps} does not divide -b {self.batch_size}: each optimizer "
+                            "step adds up equal micro-batches")
+
+
+def add_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("training loop")
+    arg = group.add_argument
+    arg("--epochs", default=LoopOptions.epochs, type=int, metavar="N", help="number of total epochs to run")
+    arg("--start-epoch", default=LoopOptions.start_epoch, type=int, metavar="N",
+        help="manual epoch number (useful on restarts; --resume sets it from the checkpoint)")
+    arg("-b", "--batch-size", default=LoopOptions.batch_size, type=int, metavar="N",
+        help="total mini-batch size over all processes (split evenly among them)")
+    arg("--accum-steps", default=LoopOptions.accum_steps, type=int, metavar="K",
+        help="gradient accumulation: each optimizer step adds up K micro-batches of -b / (K x processes) images "
+             "(-b stays the batch of a step; BatchNorm normalises each micro-batch on its own)")
+    arg("--label-smoothing", default=LoopOptions.label_smoothing, type=float,
+        help="label smoothing of the training loss")
+    arg("-p", "--print-freq", default=LoopOptions.print_freq, type=int, metavar="N",
+        help="print (and sync metrics) every N iterations")
+    arg("--log_freq", type=int, default=LoopOptions.log_freq,
+        help="write a training line to log.txt every N iterations")
+    arg("--max-bad-steps", default=LoopOptions.max_bad_steps, type=int, metavar="N",
+        help="training steps per epoch whose loss may be NaN/inf (their updates are skipped) before the run stops")
+    arg("--no-progress", action="store_true", help="no tqdm progress bars (they are also off when not on a terminal)")
 
 
 @dataclass(frozen=True)
@@ -128,14 +176,14 @@ def _forward_backward(model: nn.Module, images: Tensor, target: Tensor, state: T
     return output, loss
 
 
-def train_one_epoch(model: nn.Module, loader, state: TrainState, options: StepOptions, log: RunLog,
+def train_one_epoch(model: nn.Module, pipeline: InputPipeline, state: TrainState, options: StepOptions, log: RunLog,
                     stop: StopRequest, checkpoints: IntervalCheckpoints | None = None) -> dict[str, Any]:
-    """Train epoch ``state.epoch`` from iteration ``state.iteration``, advancing ``state.iteration``; returns the
-    epoch's figures, or ``stopped`` when a stop was requested (``state.sums`` then holds the running sums).
-    ``checkpoints`` saves where the epoch is at its intervals."""
+    """Train epoch ``state.epoch`` from iteration ``state.iteration`` on ``pipeline``'s training batches, advancing
+    ``state.iteration``; returns the epoch's figures, or ``stopped`` when a stop was requested (``state.sums`` then
+    holds the running sums). ``checkpoints`` saves where the epoch is at its intervals."""
     model.train()
     epoch, start = state.epoch, state.iteration
-    loader.sampler.set_epoch(epoch, skip=start * loader.batch_size)
+    loader = pipeline.train_epoch(epoch, skip_batches=start)
     total = start + len(loader)
     # A checkpoint holds the sums over all processes: rank 0 carries them on, the others start from zero.
     sums = RunningSums(options.device, state.sums if start and options.ctx.is_main else None)
@@ -146,7 +194,7 @@ def train_one_epoch(model: nn.Module, loader, state: TrainState, options: StepOp
     images_seen, started = 0, time.perf_counter()
     for iteration, batch in enumerate(loader, start=start):
         bad_images += report_skipped(skipped_images(batch), log)
-        images, target = to_device(batch[0], batch[1], options.device, options.memory_format)
+        images, target = pipeline.to_device(batch[0], batch[1], options.device, options.memory_format)
         step_lr = state.optimizer.param_groups[0]["lr"]
         if options.mixer is not None:  # the loss takes the mixed labels, top-1/top-5 the dominant one
             images, mixed = options.mixer(images, target, epoch, iteration, options.ctx.rank)

@@ -10,11 +10,34 @@ device.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 from torchvision.transforms import v2
+
+from .options import Options
+
+
+@dataclass(frozen=True)
+class MixOptions(Options):
+    """MixUp / CutMix of the training batches (off by default)."""
+
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+
+    def check(self) -> None:
+        self.not_negative("mixup_alpha", "cutmix_alpha")
+
+
+def add_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("batch mixing (torchvision's names and meanings; off by default)")
+    arg = group.add_argument
+    arg("--mixup-alpha", default=MixOptions.mixup_alpha, type=float, help="MixUp with this Beta(alpha, alpha) (0: off)")
+    arg("--cutmix-alpha", default=MixOptions.cutmix_alpha, type=float,
+        help="CutMix with this Beta(alpha, alpha) (0: off); with --mixup-alpha, one of the two per batch")
 
 
 def mixing_seed(seed: int, epoch: int, iteration: int, rank: int = 0) -> int:
@@ -30,7 +53,8 @@ class BatchMixer:
     (N, num_classes) float32, for ``nn.CrossEntropyLoss`` (which takes probabilities, with label smoothing too).
     ``iteration`` is the batch's position in its epoch, counted from the epoch's start also after a resume."""
 
-    def __init__(self, num_classes: int, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, seed: int = 0) -> None:
+    def __init__(self, num_classes: int, mixup_alpha: float = MixOptions.mixup_alpha,
+                 cutmix_alpha: float = MixOptions.cutmix_alpha, seed: int = 0) -> None:
         if mixup_alpha < 0 or cutmix_alpha < 0:
             raise ValueError(f"mixing alphas must be >= 0, not mixup {mixup_alpha}, cutmix {cutmix_alpha}")
         mixers = []

@@ -11,10 +11,14 @@ the guard puts back the buffers (BatchNorm statistics) that the skipped step's f
 
 from __future__ import annotations
 
+import argparse
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
 from torch import Tensor, nn
+
+from .options import Options
 
 # How our SGD runs, as opposed to what it computes: never taken from a saved state (the release saved
 # non-fused states, and a fused step given found_inf by a non-fused group fails).
@@ -26,6 +30,35 @@ NORM_CLASSES: tuple[type[nn.Module], ...] = (
     nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm,
     nn.LocalResponseNorm, nn.RMSNorm,
 )
+
+
+@dataclass(frozen=True)
+class SgdOptions(Options):
+    """The optimizer's options (``build_optimizer``'s keywords), with the command line's defaults."""
+
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    nesterov: bool = False
+    norm_weight_decay: float | None = None
+    bias_weight_decay: float | None = None
+
+    def check(self) -> None:
+        self.not_negative("lr", "weight_decay", "momentum", "norm_weight_decay", "bias_weight_decay")
+
+
+def add_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("optimizer (SGD)")
+    arg = group.add_argument
+    arg("--lr", "--learning-rate", default=SgdOptions.lr, type=float, metavar="LR", dest="lr",
+        help="initial learning rate")
+    arg("--momentum", default=SgdOptions.momentum, type=float, metavar="M", help="SGD momentum")
+    arg("--wd", "--weight-decay", default=SgdOptions.weight_decay, type=float, metavar="W", dest="weight_decay",
+        help="weight decay")
+    arg("--nesterov", action="store_true", help="Nesterov momentum")
+    arg("--norm-weight-decay", default=None, type=float,
+        help="weight decay of normalisation layers' parameters (default: --wd)")
+    arg("--bias-weight-decay", default=None, type=float, help="weight decay of biases (default: --wd)")
 
 
 def build_optimizer(model: nn.Module, lr: float, momentum: float, weight_decay: float, nesterov: bool = False,

@@ -2,26 +2,58 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
+from .options import Options
 from .presets import PIPELINES as INPUT_PIPELINES
 from .presets import normalize_on_device
 
-__all__ = ["AMP_CHOICES", "FAST_SETTINGS", "INPUT_PIPELINES", "amp_dtype_for", "cpu_bf16_speedup", "describe_amp",
-           "native_bf16", "set_tf32", "to_device"]
+__all__ = ["AMP_CHOICES", "FAST_SETTINGS", "INPUT_PIPELINES", "PerformanceOptions", "add_options", "amp_dtype_for",
+           "cpu_bf16_speedup", "describe_amp", "native_bf16", "set_tf32", "to_device"]
 
 AMP_CHOICES = ("off", "fp16", "bf16", "auto")
 _AMP_DTYPES = {"off": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
-# What configs/fast/ adds to a paper recipe (tests check the two agree); the benchmark's "recommended" settings.
+# What configs/recipes/fast.yaml adds to a paper recipe (tests check the two agree); the benchmark's "recommended"
+# settings.
 FAST_SETTINGS = {"amp": "auto", "channels_last": True, "compile": True, "input_pipeline": "uint8", "simam_impl": "auto"}
+
+
+@dataclass(frozen=True)
+class PerformanceOptions(Options):
+    """How fast the steps run: precision, memory layout, compilation."""
+
+    amp: str = "off"
+    no_tf32: bool = False
+    channels_last: bool = False
+    compile: bool = False
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+
+def add_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("precision and speed")
+    arg = group.add_argument
+    arg("--amp", default=PerformanceOptions.amp, choices=AMP_CHOICES,
+        help="mixed precision; fp16 uses a gradient scaler; auto: bf16 where the device computes it faster than "
+             "fp32 (GPUs with native bf16; on a CPU, measured once by a short probe and kept in "
+             "~/.cache/simam-imagenet/amp-probe.json), else fp16 on CUDA, else off")
+    arg("--no-tf32", action="store_true",
+        help="fp32 matrix products and convolutions in full fp32 on GPUs from Ampere on (default: TF32 for both, "
+             "as torch does for convolutions; under --amp, for the operations autocast keeps in fp32)")
+    arg("--channels-last", action="store_true", help="channels_last memory format for the model and inputs")
+    arg("--compile", action="store_true", help="torch.compile the model (the first steps are slower while it compiles)")
 
 
 def native_bf16(device: torch.device) -> bool:

@@ -17,6 +17,7 @@ resizing: a training crop size per epoch.
 
 from __future__ import annotations
 
+import argparse
 import functools
 import math
 from dataclasses import dataclass
@@ -29,12 +30,42 @@ from torchvision import transforms
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F2
 
+from .errors import UserError
+from .options import Options
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 UINT8_MEAN = tuple(round(mean * 255) for mean in IMAGENET_MEAN)  # (124, 116, 104): normalises to within 0.01 of 0
 PIPELINES = ("pil", "uint8")
 AUTO_AUGMENT_POLICIES = ("ra", "ta_wide", "augmix", "imagenet")
 SIZE_MULTIPLE = 32
+
+
+@dataclass(frozen=True)
+class AugmentOptions(Options):
+    """Opt-in training augmentation after the crop and flip, in both pipelines (``TrainTransform``)."""
+
+    auto_augment: str | None = None  # one of AUTO_AUGMENT_POLICIES
+    ra_magnitude: int = 9
+    augmix_severity: int = 3
+    random_erase: float = 0.0
+
+    def check(self) -> None:
+        self.at_least_one("augmix_severity")
+        self.not_negative("ra_magnitude")
+        if not 0.0 <= self.random_erase <= 1.0:
+            raise UserError(f"--random-erase is a probability in [0, 1], got {self.random_erase}")
+
+
+def add_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("augmentation (torchvision's names and meanings; all off by default)")
+    arg = group.add_argument
+    arg("--auto-augment", default=None, choices=AUTO_AUGMENT_POLICIES,
+        help="augmentation policy: RandAugment, TrivialAugmentWide, AugMix or AutoAugment's ImageNet policy")
+    arg("--ra-magnitude", default=AugmentOptions.ra_magnitude, type=int, help="RandAugment magnitude")
+    arg("--augmix-severity", default=AugmentOptions.augmix_severity, type=int, help="AugMix severity")
+    arg("--random-erase", default=AugmentOptions.random_erase, type=float, metavar="P",
+        help="RandomErasing probability")
 
 
 def check_pipeline(pipeline: str) -> None:
@@ -72,7 +103,8 @@ class ResizeCenterCrop:
         return F2.center_crop(image, [self.crop_size, self.crop_size]).contiguous()
 
 
-def augment_policy(name: str, ra_magnitude: int = 9, augmix_severity: int = 3) -> v2.Transform:
+def augment_policy(name: str, ra_magnitude: int = AugmentOptions.ra_magnitude,
+                   augmix_severity: int = AugmentOptions.augmix_severity) -> v2.Transform:
     """torchvision's v2 policy named ``name`` (``AUTO_AUGMENT_POLICIES``): RandAugment, TrivialAugmentWide, AugMix or
     AutoAugment's IMAGENET policy, with bilinear interpolation as in torchvision's classification references."""
     bilinear = v2.InterpolationMode.BILINEAR
@@ -98,18 +130,19 @@ def _contiguous(image: Tensor) -> Tensor:
 class TrainTransform:
     """The training transform: RandomResizedCrop (scale 0.08-1, ratio 3/4-4/3) + horizontal flip, then the optional
     augment policy, (for ``pil``) ToTensor + Normalize, then optional random erasing with probability
-    ``random_erase``. ``transform(image)`` crops ``crop_size``; ``transform(image, size)`` crops ``size`` (a size
-    schedule), with the same draws."""
+    ``random_erase`` (``augment``). ``transform(image)`` crops ``crop_size``; ``transform(image, size)`` crops
+    ``size`` (a size schedule), with the same draws."""
 
-    def __init__(self, crop_size: int = 224, pipeline: str = "pil", auto_augment: str | None = None,
-                 ra_magnitude: int = 9, augmix_severity: int = 3, random_erase: float = 0.0) -> None:
+    def __init__(self, crop_size: int = 224, pipeline: str = "pil", augment: AugmentOptions = AugmentOptions()) -> None:
         check_pipeline(pipeline)
-        if not 0.0 <= random_erase <= 1.0:
-            raise ValueError(f"random erasing probability must be in [0, 1], not {random_erase}")
+        erase = augment.random_erase
+        if not 0.0 <= erase <= 1.0:
+            raise ValueError(f"random erasing probability must be in [0, 1], not {erase}")
         self.crop_size, self.pipeline = crop_size, pipeline
-        self.policy = None if auto_augment is None else augment_policy(auto_augment, ra_magnitude, augmix_severity)
+        self.policy = None if augment.auto_augment is None else augment_policy(
+            augment.auto_augment, augment.ra_magnitude, augment.augmix_severity)
         erase_value = UINT8_MEAN if pipeline == "uint8" else 0.0
-        self.erasing = v2.RandomErasing(random_erase, value=erase_value) if random_erase > 0 else None
+        self.erasing = v2.RandomErasing(erase, value=erase_value) if erase > 0 else None
         self._at_size: dict[int, Callable] = {}
 
     def at_size(self, size: int) -> Callable:
@@ -136,11 +169,10 @@ class TrainTransform:
         return self.at_size(self.crop_size if size is None else size)(image)
 
 
-def train_transform(crop_size: int = 224, pipeline: str = "pil", *, auto_augment: str | None = None,
-                    ra_magnitude: int = 9, augmix_severity: int = 3, random_erase: float = 0.0) -> TrainTransform:
+def train_transform(crop_size: int = 224, pipeline: str = "pil", **augment) -> TrainTransform:
     """RandomResizedCrop (scale 0.08-1, ratio 3/4-4/3) + horizontal flip (+ normalise for ``pil``), then the optional
-    augment policy and random erasing (``TrainTransform``)."""
-    return TrainTransform(crop_size, pipeline, auto_augment, ra_magnitude, augmix_severity, random_erase)
+    augment policy and random erasing (``TrainTransform``; ``augment``: ``AugmentOptions``' fields)."""
+    return TrainTransform(crop_size, pipeline, AugmentOptions(**augment))
 
 
 @dataclass(frozen=True)

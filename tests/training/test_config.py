@@ -1,5 +1,5 @@
 """Every recipe in configs/ loads with --config and builds its network; paper rows use the release's recipe;
-``_base_`` overlays resolve as documented."""
+``_base_`` overlays resolve as documented; --config given more than once stacks files, a later one winning."""
 
 import argparse
 import glob
@@ -12,10 +12,25 @@ import yaml
 import main_imagenet
 import networks
 from helpers import ROOT
-from training.config import parse_with_config, read_config, save_config
+from training.config import add_config_option, parse_with_config, read_config, save_config
 from training.errors import UserError
 
 PAPER_ROWS = sorted(glob.glob(os.path.join(ROOT, "configs", "*_*.yaml")))
+RECIPES = os.path.join(ROOT, "configs", "recipes")
+FAST = os.path.join(RECIPES, "fast.yaml")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    return main_imagenet.get_args_parser()
+
+
+def parse(*argv) -> argparse.Namespace:
+    return parse_with_config(get_args_parser(), [str(a) for a in argv])
+
+
+def options(args: argparse.Namespace) -> dict:
+    """The effective options: what a run saves (``config``, the files they came from, is not one)."""
+    return {key: value for key, value in vars(args).items() if key != "config"}
 
 
 def test_one_recipe_per_paper_row():
@@ -45,18 +60,22 @@ def test_recipe_loads_and_builds(path):
 
 
 @pytest.mark.parametrize("path", PAPER_ROWS, ids=lambda p: os.path.basename(p))
-def test_fast_recipe_is_the_paper_recipe_plus_the_performance_settings(path):
+def test_fast_recipe_is_the_paper_recipe_plus_the_performance_settings(path, tmp_path):
     from training.performance import FAST_SETTINGS
-    fast_path = os.path.join(ROOT, "configs", "fast", os.path.basename(path))
-    paper = vars(parse_with_config(main_imagenet.get_args_parser(), ["DATA", "--config", path]))
-    fast = vars(parse_with_config(main_imagenet.get_args_parser(), ["DATA", "--config", fast_path]))
+    paper = vars(parse("DATA", "--config", path))
+    fast = vars(parse("DATA", "--config", path, "--config", FAST))
     assert {key for key in fast if fast[key] != paper[key]} == set(FAST_SETTINGS) | {"config"}
     assert {key: fast[key] for key in FAST_SETTINGS} == FAST_SETTINGS
     assert paper["amp"] == "off" and not paper["channels_last"] and not paper["compile"]
     assert paper["input_pipeline"] == "pil"
-    assert read_config(fast_path) == {**read_config(path), **FAST_SETTINGS}
-    with open(fast_path) as f:
-        assert yaml.safe_load(f)["_base_"] == f"../{os.path.basename(path)}"
+    assert read_config(FAST) == FAST_SETTINGS
+    with open(FAST) as f:
+        assert "_base_" not in yaml.safe_load(f)  # one file for every paper row
+    # the same effective options as the removed configs/fast/<row>.yaml (its paper row as _base_ + the settings)
+    old_fast = write(tmp_path / "fast" / os.path.basename(path),
+                     yaml.safe_dump({"_base_": os.path.relpath(path, tmp_path / "fast"), **FAST_SETTINGS}))
+    assert read_config(old_fast) == {**read_config(path), **FAST_SETTINGS}
+    assert options(parse("DATA", "--config", old_fast)) == options(argparse.Namespace(**fast))
 
 
 def write(path, text):
@@ -145,8 +164,8 @@ def test_command_line_flag_overrides_inherited_value(tmp_path):
 
 
 def test_fast_recipe_command_line_overrides_base():
-    fast = os.path.join(ROOT, "configs", "fast", "resnet18_simam.yaml")
-    args = parse_with_config(main_imagenet.get_args_parser(), ["DATA", "--config", fast, "--epochs", "2"])
+    row = os.path.join(ROOT, "configs", "resnet18_simam.yaml")
+    args = parse("DATA", "--config", row, "--config", FAST, "--epochs", "2")
     assert (args.epochs, args.arch, args.amp, args.compile) == (2, "resnet18", "auto", True)
 
 
@@ -159,24 +178,116 @@ def test_command_line_overrides_the_config(tmp_path):
     assert args.momentum == 0.9  # untouched defaults stay
 
 
-MODERN = sorted(glob.glob(os.path.join(ROOT, "configs", "modern", "*_*_*.yaml")))
+def test_the_recipe_families():
+    assert sorted(os.listdir(RECIPES)) == ["fast.yaml", "ffcv.yaml", "torchvision.yaml"]
+    assert not os.path.exists(os.path.join(ROOT, "configs", "fast"))
+    assert not os.path.exists(os.path.join(ROOT, "configs", "modern"))
 
 
-def test_a_modern_recipe_for_every_arch_with_simam_and_without_attention():
-    names = {os.path.basename(p)[:-5] for p in MODERN}
-    paper_archs = {os.path.basename(p)[:-5].rsplit("_", 1)[0] for p in PAPER_ROWS}  # the table's six networks
-    assert names == {f"{arch}_{attention}_{recipe}" for arch in paper_archs for attention in ("none", "simam")
-                     for recipe in ("torchvision", "ffcv")}
+MODERN = [(os.path.basename(row)[:-5], recipe) for row in PAPER_ROWS for recipe in ("torchvision", "ffcv")]
 
 
-@pytest.mark.parametrize("path", MODERN, ids=lambda p: os.path.basename(p))
-def test_modern_recipe_is_its_paper_row_plus_its_recipe(path):
-    arch, attention, recipe = os.path.basename(path)[:-5].rsplit("_", 2)
-    args = vars(parse_with_config(main_imagenet.get_args_parser(), ["DATA", "--config", path]))
+@pytest.mark.parametrize("row, recipe", MODERN, ids=[f"{row}+{recipe}" for row, recipe in MODERN])
+def test_modern_recipe_is_its_paper_row_plus_its_recipe(row, recipe, tmp_path):
+    arch, attention = row.rsplit("_", 1)
+    path = os.path.join(ROOT, "configs", f"{row}.yaml")
+    recipe_file = os.path.join(RECIPES, f"{recipe}.yaml")
+    args = vars(parse("DATA", "--config", path, "--config", recipe_file))
     main_imagenet.check_args(argparse.Namespace(**args))
-    paper = read_config(os.path.join(ROOT, "configs", f"{arch}_{attention}.yaml"))
-    recipe_file = os.path.join(ROOT, "configs", "modern", f"recipe_{recipe}.yaml")
-    assert read_config(path) == {**paper, **read_config(recipe_file)}
+    paper = read_config(path)
+    assert {key: args[key] for key in {**paper, **read_config(recipe_file)}} == {**paper, **read_config(recipe_file)}
     assert (args["arch"], args["attention_type"]) == (arch, attention)
+    # the same effective options as the removed configs/modern/<row>_<recipe>.yaml (_base_: [row, recipe])
+    bases = [os.path.relpath(base, tmp_path / "modern") for base in (path, recipe_file)]
+    old = write(tmp_path / "modern" / f"{row}_{recipe}.yaml", yaml.safe_dump({"_base_": bases}))
+    assert read_config(old) == {**paper, **read_config(recipe_file)}
+    assert options(parse("DATA", "--config", old)) == options(argparse.Namespace(**args))
     with open(recipe_file) as f:  # each recipe says where it comes from
         assert {"torchvision": "torchvision's new training recipe", "ffcv": "FFCV"}[recipe] in f.readline()
+
+
+ROWS_AND_RECIPES = [(row, recipe) for row in PAPER_ROWS for recipe in ("fast", "torchvision", "ffcv")]
+
+
+@pytest.mark.parametrize("row, recipe", ROWS_AND_RECIPES,
+                         ids=[f"{os.path.basename(row)[:-5]}+{recipe}" for row, recipe in ROWS_AND_RECIPES])
+def test_every_paper_row_with_every_recipe_gives_valid_options(row, recipe):
+    args = parse("DATA", "--config", row, "--config", os.path.join(RECIPES, f"{recipe}.yaml"))
+    main_imagenet.check_args(args)
+    assert (args.arch, args.attention_type) == tuple(os.path.basename(row)[:-5].rsplit("_", 1))
+    assert args.config == [row, os.path.join(RECIPES, f"{recipe}.yaml")]
+
+
+def test_a_later_config_wins_and_flags_win_over_all(tmp_path):
+    a = write(tmp_path / "a.yaml", "arch: resnet50\nepochs: 1\nlr: 0.1\nworkers: 3\n")
+    b = write(tmp_path / "b.yaml", "epochs: 2\nlr: 0.2\nweight-decay: 5.0e-05\n")
+    args = parse("DATA", "--config", a, "--config", b)
+    assert (args.arch, args.epochs, args.lr, args.workers, args.weight_decay) == ("resnet50", 2, 0.2, 3, 5e-5)
+    args = parse("DATA", "--config", b, "--config", a)
+    assert (args.arch, args.epochs, args.lr, args.workers, args.weight_decay) == ("resnet50", 1, 0.1, 3, 5e-5)
+    for argv in (["--lr", "0.5", "--config", a, "--config", b], ["--config", a, "--lr", "0.5", "--config", b],
+                 ["--config", a, "--config", b, "--lr", "0.5"]):
+        args = parse("DATA", *argv)
+        assert (args.epochs, args.lr, args.workers) == (2, 0.5, 3), argv
+    assert parse("DATA", "--config", a, "--config", b).momentum == 0.9  # untouched defaults stay
+    assert parse("DATA", "--config", a, "--config", a).config == [a, a]
+
+
+def test_a_config_with_base_in_the_second_position(tmp_path, monkeypatch):
+    first = write(tmp_path / "first.yaml", "arch: resnet50\nepochs: 100\nlr: 0.1\nworkers: 3\n")
+    write(tmp_path / "recipes" / "base.yaml", "epochs: 5\nlr: 0.3\nwarmup-epochs: 2\n")
+    second = write(tmp_path / "recipes" / "child.yaml", "_base_: base.yaml\nlr: 0.4\n")
+    monkeypatch.chdir(tmp_path)  # the base is found beside the file naming it, not in the working folder
+    args = parse("DATA", "--config", first, "--config", "recipes/child.yaml")
+    # the second file's base, not only its own keys, wins over the first file
+    assert (args.arch, args.epochs, args.lr, args.warmup_epochs, args.workers) == ("resnet50", 5, 0.4, 2, 3)
+    args = parse("DATA", "--config", second, "--config", first)
+    assert (args.epochs, args.lr, args.warmup_epochs) == (100, 0.1, 2)
+
+
+def test_an_old_runs_config_yaml_loads_with_the_same_options(tmp_path):
+    row = os.path.join(ROOT, "configs", "resnet50_simam.yaml")
+    run = parse("DATA", "--config", row, "--config", os.path.join(RECIPES, "torchvision.yaml"),
+                "--config", FAST, "--epochs", "3", "-b", "64")
+    saved = str(tmp_path / "config.yaml")
+    save_config(run, saved)
+    with open(saved) as f:
+        flat = yaml.safe_load(f)
+    assert "config" not in flat and "_base_" not in flat and flat["epochs"] == 3 and flat["model_ema"] is True
+    again = parse("--config", saved)
+    assert options(again) == options(run) and again.config == [saved]
+    # the entry file's single-file --config (before add_config_option): a string, still read
+    single = argparse.ArgumentParser()
+    single.add_argument("--config", default=None)
+    single.add_argument("--epochs", type=int, default=90)
+    single.add_argument("--lr", type=float, default=0.1)
+    write(tmp_path / "small.yaml", "epochs: 3\nlr: 0.5\n")
+    args = parse_with_config(single, ["--config", str(tmp_path / "small.yaml"), "--lr", "0.2"])
+    assert (args.config, args.epochs, args.lr) == (str(tmp_path / "small.yaml"), 3, 0.2)
+
+
+def test_an_unknown_key_names_the_file_holding_it(tmp_path):
+    good = write(tmp_path / "good.yaml", "arch: resnet50\nepochs: 3\n")
+    bad = write(tmp_path / "second.yaml", "lr: 0.2\nlearning_rate_x: 3\n")
+    for argv in (["--config", good, "--config", bad], ["--config", bad, "--config", good]):
+        with pytest.raises(UserError) as error:
+            parse("DATA", *argv)
+        message = str(error.value)
+        assert message.startswith(f"config file {bad}: unknown option(s) learning_rate_x;"), message
+        assert "good.yaml" not in message and "\n" not in message
+
+
+def test_config_is_not_a_recipe_key(tmp_path):
+    recipe = write(tmp_path / "recipe.yaml", "config: other.yaml\nepochs: 3\n")
+    with pytest.raises(UserError, match=r"recipe.yaml: unknown option\(s\) config \(_base_ builds on other files\)"):
+        parse("DATA", "--config", recipe)
+
+
+def test_add_config_option_is_repeatable_and_off_by_default():
+    parser = argparse.ArgumentParser()
+    action = add_config_option(parser)
+    assert (action.dest, action.default) == ("config", None)
+    assert parser.parse_args([]).config is None
+    assert parser.parse_args(["--config", "a.yaml", "--config=b.yaml"]).config == ["a.yaml", "b.yaml"]
+    assert "--config configs/resnet50_simam.yaml --config configs/recipes/fast.yaml" in " ".join(
+        parser.format_help().split())

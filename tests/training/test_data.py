@@ -1,7 +1,6 @@
 """Samplers, seeded samples and loaders: the training order against DistributedSampler, shards that cover every
 image once, augmentation that repeats under its seed, and the loaders' handling of odd files."""
 
-import argparse
 
 import pytest
 import torch
@@ -89,14 +88,14 @@ def test_a_sized_item_is_the_transform_at_that_size(folder):
     assert synthetic[(1, 5)][0].shape == (3, 32, 32) and synthetic[(1, 5, 64)][0].shape == (3, 64, 64)
 
 
-def loader_args(root, pipeline="uint8", dummy=0, **options):
-    return argparse.Namespace(data=str(root), dummy=dummy, evaluate=False, train_crop_size=24, val_resize_size=28,
-                              val_crop_size=24, input_pipeline=pipeline, **options)
+def loader_args(root, pipeline="uint8", dummy=0, train_size_schedule=None, **augment):
+    return data.DataOptions(data=str(root), dummy=dummy, train=True, train_crop_size=24, val_resize_size=28,
+                            val_crop_size=24, input_pipeline=pipeline, train_size_schedule=train_size_schedule,
+                            augment=presets.AugmentOptions(**augment))
 
 
-def epoch_batches(loader, epoch, skip=0):
-    loader.sampler.set_epoch(epoch, skip=skip * loader.batch_size)
-    return list(loader)
+def epoch_batches(pipeline, epoch, skip=0):
+    return list(pipeline.train_epoch(epoch, skip_batches=skip))
 
 
 @pytest.mark.parametrize("pipeline", presets.PIPELINES)
@@ -107,7 +106,7 @@ def test_loader_batches_have_the_scheduled_size_with_persistent_workers(folder, 
              for workers in (0, 1)}
     assert built[1].train_loader.persistent_workers
     for epoch, size in [(0, 32), (1, 64), (2, 96), (0, 32)]:
-        in_process, in_worker = (epoch_batches(built[workers].train_loader, epoch) for workers in (0, 1))
+        in_process, in_worker = (epoch_batches(built[workers], epoch) for workers in (0, 1))
         assert len(in_process) == 2
         for (images, labels), (worker_images, worker_labels) in zip(in_process, in_worker):
             assert images.shape == (3, 3, size, size)
@@ -119,7 +118,7 @@ def test_loader_batches_have_the_scheduled_size_with_persistent_workers(folder, 
 @pytest.mark.parametrize("pipeline", presets.PIPELINES)
 def test_a_resumed_epoch_has_the_same_augmented_batches(folder, pipeline):
     args = loader_args(folder, pipeline, train_size_schedule="32:64:0:2", auto_augment="augmix", random_erase=0.5)
-    loader = data.build_data(args, 1, 0, seed=7, batch_per_process=2, workers=0, pin_memory=False).train_loader
+    loader = data.build_data(args, 1, 0, seed=7, batch_per_process=2, workers=0, pin_memory=False)
     whole = epoch_batches(loader, 1)
     resumed = epoch_batches(loader, 1, skip=1)
     assert len(whole) == 3 and len(resumed) == 2

@@ -1,7 +1,6 @@
 """The uint8 input pipeline checked against torchvision's PIL pipeline: same crops and flips under the same seed,
 the same pixels (to resampling rounding), the same normalised floats, and the loaders' handling of odd files."""
 
-import argparse
 
 import numpy as np
 import pytest
@@ -138,8 +137,8 @@ def test_unknown_pipeline_is_refused():
 
 
 def data_args(root, pipeline, dummy=0):
-    return argparse.Namespace(data=str(root), dummy=dummy, evaluate=False, train_crop_size=24, val_resize_size=28,
-                              val_crop_size=24, input_pipeline=pipeline)
+    return data.DataOptions(data=str(root), dummy=dummy, train=True, train_crop_size=24, val_resize_size=28,
+                            val_crop_size=24, input_pipeline=pipeline)
 
 
 def first_batches(args, workers=0):

@@ -103,9 +103,10 @@ def backbone_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 
 def load_backbone(model: nn.Module, weights: str | os.PathLike | Mapping[str, Tensor]) -> nn.Module:
-    """Load a classification checkpoint (a file: ours, the release's or a bare state dict, read with
-    ``weights_only=True``; or a state dict) into a backbone without classifier, such as a ``FeatureNet``:
-    the classifier's weights are dropped and every other key must match (``strict=True``). Returns ``model``.
+    """Load a classification checkpoint (a file: ours, also ``.safetensors``, the release's or a bare state dict, read
+    with ``weights_only=True`` or safetensors; or a state dict) into a backbone without classifier, such as a
+    ``FeatureNet``: the classifier's weights are dropped and every other key must match (``strict=True``). Returns
+    ``model``.
 
     Raises:
         ValueError: an unreadable file, or weights that do not fit (one line naming the first keys concerned).

@@ -7,9 +7,10 @@ onnxruntime) and its logits are compared with eager PyTorch's on random inputs o
 few images (--images, else generated ones); the max |delta| is printed as one line, and a value above
 --tolerance (relative to the largest |logit| where that is above 1) is an error (exit status 1).
 
-The network comes from the checkpoint's record (our checkpoints), its 'arch' field and key layout (the
-release's) or its key layout (a bare state dict); -a/--arch, --attention_type and --attention_param override
-them. Checkpoints are read with torch.load(weights_only=True): nothing in them is executed.
+The network comes from the checkpoint's record (our checkpoints, safetensors metadata), its 'arch' field and key
+layout (the release's) or its key layout (a bare state dict); -a/--arch, --attention_type and --attention_param
+override them. Files are read by networks.load_network (torch.load(weights_only=True), or safetensors): nothing in
+them is executed.
 
 Examples:
     python scripts/export.py ckpts/imagenet-resnet50-simam-param0.1/model_best.pth.tar --format onnx -o r50_simam.onnx
@@ -29,7 +30,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -39,11 +40,8 @@ from PIL import Image, UnidentifiedImageError  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 import networks  # noqa: E402
-from networks.identify import classifier_classes  # noqa: E402
 from scripts._cli import add_network_arguments, make_cli  # noqa: E402
 from scripts.make_sample_data import draw  # noqa: E402
-from training.checkpoint import load_weights  # noqa: E402
-from training.ema import ema_weights_of  # noqa: E402
 from training.errors import UserError, one_line  # noqa: E402
 from training.presets import eval_transform  # noqa: E402
 
@@ -61,7 +59,8 @@ class _Parser(argparse.ArgumentParser):
 def get_args_parser() -> argparse.ArgumentParser:
     parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", metavar="CKPT",
-                        help="checkpoint: ours, the official release's, or a bare state dict")
+                        help="checkpoint: ours (.pth.tar or .safetensors), the official release's, or a bare state "
+                             "dict")
     parser.add_argument("--format", required=True, choices=list(FORMATS),
                         help="onnx, exported_program (.pt2) or torchscript")
     parser.add_argument("-o", "--output", required=True, metavar="FILE", help="file to write")
@@ -97,24 +96,13 @@ def require(fmt: str) -> None:
 
 def load_network(path: str, arch: str | None = None, attention_type: str | None = None,
                  attention_param: float | None = None, eval_ema: bool = False) -> tuple[nn.Module, str]:
-    """The checkpoint's network in eval mode, loaded strictly, and a description ('resnet50 + simam (e_lambda=0.1)').
-
-    The network is ``networks.identify_network``'s: the given values, else the checkpoint's record, else its
-    'arch' field and key layout.
-    """
+    """The checkpoint's network in eval mode, loaded strictly, and a description ('resnet50 + simam (e_lambda=0.1)'):
+    ``networks.load_network`` (torch files with ``weights_only=True``, or safetensors), one-line ``UserError``s."""
     try:
-        checkpoint = networks.load_checkpoint_file(path)  # weights_only=True: nothing is executed
-        state_dict = ema_weights_of(checkpoint, path) if eval_ema else networks.state_dict_of(checkpoint, path)
-        spec = networks.identify_network(checkpoint, arch, attention_type, attention_param, source=path)
-        record = checkpoint if isinstance(checkpoint, Mapping) else {}
-        num_classes = int(classifier_classes(state_dict) or record.get("num_classes") or 1000)
-        model = spec.create(num_classes)
-    except ValueError as error:  # unreadable, unknown names (listing the choices), an ambiguous network
+        loaded = networks.load_network(path, arch, attention_type, attention_param, ema=eval_ema)
+    except ValueError as error:  # unreadable, unknown names (listing the choices), an ambiguous network, a mismatch
         raise UserError(str(error)) from None
-    load_weights(model, state_dict, path, spec.arch, spec.attention_type, num_classes)  # strict; UserError
-    name = (spec.arch if spec.attention_type == "none"
-            else f"{spec.arch} + {networks.describe_attention(spec.attention_type, spec.attention_param)}")
-    return model.eval(), name
+    return loaded.model, loaded.description
 
 
 # ----------------------------------------------------------------------------------------------- export

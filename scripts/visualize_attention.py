@@ -35,9 +35,7 @@ from PIL import Image, UnidentifiedImageError  # noqa: E402
 from torch import nn  # noqa: E402
 
 import networks  # noqa: E402
-from networks.identify import classifier_classes  # noqa: E402
 from scripts._cli import add_network_arguments, make_cli  # noqa: E402
-from training.checkpoint import load_weights  # noqa: E402
 from training.errors import UserError  # noqa: E402
 from training.presets import IMAGENET_MEAN, IMAGENET_STD, eval_transform  # noqa: E402
 
@@ -46,7 +44,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", nargs="+", required=True, metavar="IMG", help="image files (any format PIL reads)")
     parser.add_argument("--checkpoints", nargs="+", required=True, metavar="CKPT",
-                        help="checkpoints: ours, the official release's, or bare state dicts")
+                        help="checkpoints: ours (.pth.tar or .safetensors), the official release's, or bare state "
+                             "dicts")
     parser.add_argument("--labels", nargs="+", default=None, metavar="LABEL",
                         help="one row label per checkpoint (default: the file name and network)")
     add_network_arguments(parser)
@@ -77,45 +76,21 @@ class LoadedNet:
     label: str = ""
 
 
-def resolve_network(raw: object, state_dict: dict, path: str, arch: str | None = None,
-                    attention_type: str | None = None, attention_param: float | None = None,
-                    num_classes: int | None = None) -> tuple[networks.NetworkSpec, int]:
-    """(network, class count) of a loaded checkpoint. The network is ``networks.identify_network``'s: given values,
-    then the checkpoint's record, then its key layout. The class count is the classifier weight's, else
-    ``num_classes``, the record's or 1000.
-
-    Unknown names and an unidentifiable network raise ``ValueError``; a contradicting ``num_classes`` ``UserError``.
-    """
-    for registry, name in ((networks.ARCHS, arch), (networks.ATTENTIONS, attention_type)):
-        if name is not None:
-            registry.get(name)  # ValueError naming the choices
-    network = networks.identify_network(raw, arch and arch.lower(), attention_type and attention_type.lower(),
-                                        attention_param, source=path)
-    from_weights = classifier_classes(state_dict)
-    if from_weights is not None and num_classes is not None and num_classes != from_weights:
-        raise UserError(f"{path} has {from_weights} classes but --num-classes {num_classes} was given")
-    recorded = raw.get("num_classes") if isinstance(raw, dict) else None
-    return network, int(from_weights or num_classes or recorded or 1000)
-
-
 def load_network(path: str, arch: str | None = None, attention_type: str | None = None,
                  attention_param: float | None = None, num_classes: int | None = None) -> LoadedNet:
-    """Read a checkpoint (``weights_only``), identify its network, build it and load it strictly (eval mode).
+    """``networks.load_network`` (a ``weights_only`` torch file or safetensors, the network identified, strict
+    loading, eval mode), with the parameters frozen: Grad-CAM differentiates w.r.t. activations only.
 
     Raises ``UserError`` (one line) for a missing, unsafe or non-checkpoint file and for a network mismatch.
     """
     try:
-        raw = networks.load_checkpoint_file(path)  # torch.load(weights_only=True): nothing is executed
-        state_dict = networks.state_dict_of(raw, path)  # i.e. networks.read_state_dict(path)
-        network, num_classes = resolve_network(raw, state_dict, path, arch, attention_type, attention_param,
-                                               num_classes)
-        model = network.create(num_classes)
+        loaded = networks.load_network(path, arch, attention_type, attention_param, num_classes)
     except ValueError as error:
-        raise UserError(str(error).splitlines()[0]) from None
-    load_weights(model, state_dict, path, network.arch, network.attention_type, num_classes)  # strict, diagnosed
-    model.eval().requires_grad_(False)  # Grad-CAM differentiates w.r.t. activations only
-    classes = raw.get("classes") if isinstance(raw, dict) and isinstance(raw.get("classes"), list) else None
-    return LoadedNet(model, path, network.arch, network.attention_type, network.attention_param, num_classes, classes)
+        raise UserError(str(error).splitlines()[0].replace(" were asked for", " were given with --num-classes")
+                        ) from None
+    loaded.model.requires_grad_(False)
+    return LoadedNet(loaded.model, path, loaded.arch, loaded.attention_type, loaded.attention_param,
+                     loaded.num_classes, loaded.classes)
 
 
 def describe(net: LoadedNet) -> str:

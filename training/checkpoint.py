@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
-import hashlib
 import os
 import random
 import shutil
@@ -17,7 +15,7 @@ import torch.distributed as dist
 from torch import nn
 
 import networks
-from networks.identify import likely_cause
+from networks.loading import MANIFEST, check_manifest, load_strict, manifest_entry, sha256_of  # noqa: F401
 
 from .errors import TrainingError, UserError, one_line
 from .options import Options
@@ -156,50 +154,13 @@ def progress_of(checkpoint: Any) -> tuple[int, int]:
     return int(checkpoint["epoch"]), int(checkpoint.get("iteration", 0) or 0)
 
 
-MANIFEST = "manifest.csv"
-
-
-def sha256_of(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def manifest_entry(path: str) -> tuple[str, dict[str, str]] | None:
-    """The row for ``path`` in the nearest ``manifest.csv`` of its folder or a folder above (columns file,
-    arch, attention_type, attention_param, sha256; file relative to the manifest), as (manifest, row)."""
-    target = os.path.realpath(path)
-    folder = os.path.dirname(target)
-    while True:
-        manifest = os.path.join(folder, MANIFEST)
-        if os.path.isfile(manifest):
-            with open(manifest, newline="") as f:
-                rows = csv.DictReader(line for line in f if not line.lstrip().startswith("#"))
-                for row in rows:
-                    listed = (row.get("file") or "").strip()
-                    if listed and os.path.realpath(os.path.join(folder, listed)) == target:
-                        return manifest, row
-        parent = os.path.dirname(folder)
-        if parent == folder:
-            return None
-        folder = parent
-
-
 def verify_manifest(path: str) -> dict[str, str]:
-    """The manifest row that lists ``path`` ({} if none does: see ``manifest_entry``), after checking the sha256
-    it gives, if any: a mismatch is a ``UserError``."""
-    entry = manifest_entry(path)
-    if entry is None:
-        return {}
-    manifest, row = entry
-    expected = (row.get("sha256") or "").strip().lower()
-    actual = sha256_of(path) if expected else ""
-    if actual != expected:
-        raise UserError(f"{path}: sha256 {actual} does not match {expected} listed in {manifest}; refusing "
-                        "it (a damaged or different file: download it again or correct the manifest)")
-    return {key: (value or "").strip() for key, value in row.items() if key}
+    """The manifest row that lists ``path`` ({} if none does: see ``networks.loading.manifest_entry``), after checking
+    the sha256 it gives, if any: a mismatch is a ``UserError``."""
+    try:
+        return check_manifest(path)
+    except ValueError as error:
+        raise UserError(str(error)) from None
 
 
 def read_checkpoint(path: str) -> Any:
@@ -261,30 +222,12 @@ def rng_of_process(checkpoint: Mapping[str, Any], rank: int, world_size: int) ->
     return per_process[rank] if per_process and len(per_process) == world_size else checkpoint["rng"]
 
 
-def _short(keys: list[str], limit: int = 4) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
-
-
 def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], path: str, arch: str,
                  attention_type: str, num_classes: int) -> None:
     """``model.load_state_dict(state_dict, strict=True)``; on a mismatch, a ``UserError`` listing the
-    missing/unexpected keys and the likely cause (other arch, other attention or other class count)."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    reshaped = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(expected[k].shape)}" for k in expected
-                if k in state_dict and state_dict[k].shape != expected[k].shape]
-    if not (missing or unexpected or reshaped):
-        model.load_state_dict(state_dict, strict=True)
-        return
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {_short(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_short(unexpected)}")
-    if reshaped:
-        problems.append(f"shape mismatch (checkpoint vs model): {_short(reshaped, 2)}")
-    raise UserError(f"{path} does not fit {arch} + {attention_type} with {num_classes} classes: "
-                    + "; ".join(problems)
-                    + f"; likely cause: {likely_cause(state_dict, arch, attention_type, num_classes)}")
+    missing/unexpected keys and the likely cause (other arch, other attention or other class count):
+    ``networks.load_strict``."""
+    try:
+        load_strict(model, state_dict, path, arch, attention_type, num_classes)
+    except ValueError as error:
+        raise UserError(str(error)) from None

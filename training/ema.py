@@ -13,7 +13,6 @@ import argparse
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-import torch
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
@@ -147,14 +146,10 @@ def load_ema_state(ema: ExponentialMovingAverage, saved: Mapping[str, Any] | Non
 def ema_weights_of(checkpoint: object, path: str) -> dict[str, Tensor]:
     """The EMA weights of a checkpoint, ``checkpoint['model_ema']``, as the model's state dict (without DDP's and
     AveragedModel's ``module.`` prefixes and without ``n_averaged``); a file without them is a ``UserError``."""
-    ema = checkpoint.get("model_ema") if isinstance(checkpoint, Mapping) else None
-    if not isinstance(ema, Mapping) or not ema:
-        raise UserError(f"{path} has no EMA weights ('model_ema'); leave out --eval-ema")
-    state_dict = networks.strip_prefix(networks.strip_prefix(ema))
-    state_dict.pop("n_averaged", None)
-    if not state_dict or not all(torch.is_tensor(v) for v in state_dict.values()):
-        raise UserError(f"{path}: its 'model_ema' is not a state dict")
-    return state_dict
+    try:
+        return networks.ema_state_dict_of(checkpoint, path)
+    except ValueError as error:
+        raise UserError(str(error)) from None
 
 
 def _weights_and_buffers(model: nn.Module) -> list[Tensor]:

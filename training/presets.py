@@ -212,17 +212,23 @@ def train_size_schedule(spec: str) -> SizeSchedule:
     return SizeSchedule(start, end, from_epoch, to_epoch)
 
 
-def eval_transform(resize_size: int = 256, crop_size: int = 224,
-                   pipeline: str = "pil") -> transforms.Compose | ResizeCenterCrop:
-    """Resize the shorter side to ``resize_size``, centre crop ``crop_size`` (+ normalise for ``pil``)."""
+def eval_transform(resize_size: int = 256, crop_size: int = 224, pipeline: str = "pil",
+                   mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD,
+                   interpolation: str = "bilinear") -> transforms.Compose | ResizeCenterCrop:
+    """Resize the shorter side to ``resize_size``, centre crop ``crop_size`` (+ normalise for ``pil``).
+
+    ``mean``, ``std`` and ``interpolation`` (a ``torchvision.transforms.InterpolationMode`` value) are those a weights
+    file may record (``networks.EvalTransform``); the ``uint8`` pipeline has the defaults only."""
     check_pipeline(pipeline)
     if pipeline == "uint8":
+        if (tuple(mean), tuple(std), interpolation) != (IMAGENET_MEAN, IMAGENET_STD, "bilinear"):
+            raise ValueError("the uint8 pipeline normalises with ImageNet's mean and std after a bilinear resize")
         return ResizeCenterCrop(resize_size, crop_size)
     return transforms.Compose([
-        transforms.Resize(resize_size),
+        transforms.Resize(resize_size, interpolation=transforms.InterpolationMode(interpolation)),
         transforms.CenterCrop(crop_size),
         transforms.ToTensor(),
-        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        transforms.Normalize(mean, std),
     ])
 
 

@@ -147,10 +147,13 @@ def worker(ctx: distributed.Context, config: Config) -> dict[str, Any]:
             lock = lock_run_folder(spec.run_dir, ctx)
         run = set_up(config, spec, checkpoint, ctx)
         if config.evaluation.evaluate:
-            return evaluate_checkpoint(run, checkpoint)
+            result = evaluate_checkpoint(run, checkpoint)
+            if config.evaluation.save_weights:  # -e --save_weights: the weights with what they were evaluated to
+                result.update(save_weights(run, run.model, checkpoint, result))
+            return result
         state = build_train_state(run, checkpoint)
         if config.evaluation.save_weights:
-            return save_weights(state.model, config.evaluation.save_weights, run.log)
+            return save_weights(run, state.model, checkpoint)
         del checkpoint  # its tensors are in the model and optimizer now (else ~0.5 GB per process for R101 + EMA)
         return fit(run, state)
     finally:
@@ -279,9 +282,9 @@ def set_up(config: Config, spec: RunSpec, checkpoint: LoadedCheckpoint | None, c
     batch_per_process = loop.batch_size // ctx.world_size
     data = build_data(config.data, ctx.world_size, ctx.rank, spec.seed, batch_per_process,
                       math.ceil(config.data.workers / ctx.local_world_size), pin_memory=ctx.device.type == "cuda")
-    if checkpoint and checkpoint.ours and checkpoint.get("classes") not in (None, data.classes):
+    if checkpoint and checkpoint.recorded_classes not in (None, data.classes):
         raise UserError(f"{checkpoint.path} was trained on other classes than {config.data.data}'s "
-                        f"(first ones: {checkpoint.get('classes')[:3]} vs {data.classes[:3]})")
+                        f"(first ones: {checkpoint.recorded_classes[:3]} vs {data.classes[:3]})")
     if ctx.is_main:
         os.makedirs(spec.run_dir, exist_ok=True)
     log = RunLog(spec.run_dir, ctx.is_main, tensorboard=config.evaluation.trains)

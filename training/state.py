@@ -71,6 +71,14 @@ class LoadedCheckpoint:
         return isinstance(self.content, dict) and self.content.get("format") == CHECKPOINT_FORMAT
 
     @property
+    def recorded_classes(self) -> list[str] | None:
+        """The class folder names the weights were trained on, where the file records them (our checkpoints, and
+        safetensors files of ours: ``networks.load_checkpoint_file`` hands their ``classes`` up); else None."""
+        classes = self.get("classes")
+        is_ours = self.ours or (isinstance(self.content, dict) and isinstance(self.content.get("metadata"), dict))
+        return classes if is_ours and isinstance(classes, list) else None
+
+    @property
     def has_training_state(self) -> bool:
         return isinstance(self.content, dict) and "epoch" in self.content
 

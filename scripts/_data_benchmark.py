@@ -9,6 +9,10 @@ each) to a temporary folder and times, on one thread, load + transform of every 
 same crop and flip on uint8 tensors; normalisation happens later, on the device, per batch), for training and
 evaluation. Rounds alternate between the pipelines and the median round is reported, so the ratio comes from
 one run under the same machine load. Prints the result as JSON.
+
+``run_shards_suite`` (``scripts/benchmark.py --suite data --shards``) times the same work reading the images from
+an ImageNet-layout folder against reading them from its tar shards (``scripts/make_shards.py``, read at random with
+wids), in a training epoch's random order, for both pipelines; ``read`` is the file bytes alone.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import os
 import statistics
 import sys
 import tempfile
+import time
 from functools import partial
 
 import numpy as np
@@ -103,6 +108,123 @@ def run_data_suite(image_count: int = 200, image_size: tuple[int, int] = (500, 3
         "note": "decode: loading alone (PIL open + convert('RGB') vs decode_jpeg), the floor both pipelines share; "
                 "uint8 excludes normalisation, which runs on the device per batch",
     }
+
+
+def run_shards_suite(image_count: int = 200, image_size: tuple[int, int] = (500, 375), quality: int = 90,
+                     crop: int = 224, resize: int = 256, repeats: int = 5, classes: int = 4, shard_size: int = 64,
+                     workdir: str | None = None, cold: bool = True) -> dict:
+    """Median images/s on one thread, folder against shards, per pipeline and split (``read``: the bytes alone),
+    visiting the images in a random order as a training epoch does, with the files in the page cache (warm); with
+    ``cold``, where this process may drop the page cache (root: /proc/sys/vm/drop_caches), also the median of 3
+    passes each right after dropping it, on datasets made afresh (a shard is then opened and indexed on first use,
+    as in a new loader worker)."""
+    from scripts.make_shards import make_shards
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with tempfile.TemporaryDirectory(dir=workdir) as root:
+            folder, shards = os.path.join(root, "folder"), os.path.join(root, "shards")
+            per_class = max(image_count // classes, 1)
+            for label in range(classes):
+                for split in ("train", "val"):
+                    os.makedirs(os.path.join(folder, split, f"n{label:08d}"))
+                make_images(os.path.join(folder, "train", f"n{label:08d}"), per_class, image_size, quality, label)
+                make_images(os.path.join(folder, "val", f"n{label:08d}"), 1, image_size, quality, label)
+            make_shards(folder, shards, shard_size=shard_size, progress=False)
+            count = per_class * classes
+            order = torch.randperm(count, generator=torch.Generator().manual_seed(0)).tolist()
+            cases = {}
+            for pipeline in presets.PIPELINES:
+                for split in ("read", "train", "eval"):
+                    transform = (presets.train_transform(crop, pipeline) if split == "train" else
+                                 presets.eval_transform(resize, crop, pipeline) if split == "eval" else None)
+                    for source in ("folder", "shards"):
+                        if split == "read" and pipeline == "uint8":
+                            continue  # the bytes are the same for both pipelines
+                        dataset = (data.image_folder(folder, "train", transform, data.image_loader(pipeline))
+                                   if source == "folder" else data.shard_dataset(shards, "train", transform, pipeline))
+                        cases[source, pipeline, split] = partial(_visit, dataset, order, split)
+            for case in cases.values():  # warm-up: page cache, shards opened, first calls
+                case()
+            seconds = alternate(cases, repeats)
+            cold_seconds, cold_note = {}, "not measured"
+            if cold:
+                try:
+                    drop_page_cache()
+                except OSError as error:
+                    cold_note = f"not measured: cannot drop the page cache ({error})"
+                else:
+                    cold_note = "each pass right after dropping the page cache, datasets made afresh"
+                    makers = {"folder": lambda pipeline, transform: data.image_folder(
+                                  folder, "train", transform, data.image_loader(pipeline)),
+                              "shards": lambda pipeline, transform: data.shard_dataset(
+                                  shards, "train", transform, pipeline)}
+                    cold_cases = {}
+                    for pipeline, split in (("pil", "read"), ("uint8", "train"), ("pil", "train")):
+                        transform = presets.train_transform(crop, pipeline) if split == "train" else None
+                        for source, make in makers.items():
+                            cold_cases[source, pipeline, split] = partial(
+                                _cold_pass, partial(make, pipeline, transform), order, split)
+                    cold_seconds = {name: statistics.median(case() for _ in range(3))
+                                    for name, case in cold_cases.items()}
+            shard_bytes = sum(os.path.getsize(os.path.join(shards, "train", name))
+                              for name in os.listdir(os.path.join(shards, "train")) if name.endswith(".tar"))
+    finally:
+        torch.set_num_threads(threads)
+    rates = {f"{source}/{pipeline}/{split}": round(count / value, 1)
+             for (source, pipeline, split), value in seconds.items()}
+    cold_rates = {f"{source}/{pipeline}/{split}": round(count / value, 1)
+                  for (source, pipeline, split), value in cold_seconds.items()}
+    return {
+        "settings": {"image_count": count, "classes": classes, "shard_size": shard_size,
+                     "shards_mb": round(shard_bytes / 1e6, 1), "image_size": list(image_size), "quality": quality,
+                     "crop": crop, "resize": resize, "repeats": repeats, "threads": 1, "order": "random",
+                     "cache": "warm: the files just written, in the page cache"},
+        "images_per_sec_per_core": rates,
+        "shards_vs_folder": _ratios(rates),
+        "cold": cold_note,
+        "cold_images_per_sec_per_core": cold_rates,
+        "cold_shards_vs_folder": _ratios(cold_rates),
+        "note": "read: the file's bytes alone (open + read vs wids' shard lookup); train/eval: decode + transform "
+                "as a loader worker does (uint8 excludes normalisation, which runs on the device)",
+    }
+
+
+def _ratios(rates: dict[str, float]) -> dict[str, float]:
+    return {key.split("/", 1)[1]: round(rates[key] / rates["folder/" + key.split("/", 1)[1]], 3)
+            for key in rates if key.startswith("shards/")}
+
+
+def drop_page_cache() -> None:
+    """Write back and drop the page cache (root only; an ``OSError`` otherwise)."""
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("1\n")
+
+
+def _cold_pass(make_dataset, order: list[int], split: str) -> float:
+    """Seconds of one pass over a fresh dataset in ``order``, right after dropping the page cache."""
+    dataset = make_dataset()
+    drop_page_cache()
+    start = time.perf_counter()
+    _visit(dataset, order, split)
+    return time.perf_counter() - start
+
+
+def _visit(dataset, order: list[int], split: str) -> None:
+    """One pass over ``dataset`` in ``order``: every item (each under its own seed, as data.SeededSamples seeds a
+    worker), or for ``read`` the file bytes alone."""
+    for position, index in enumerate(order):
+        if split == "read":
+            if isinstance(dataset, data.ShardImages):
+                dataset._wids()[index][".jpg"].getvalue()
+            else:
+                with open(dataset.samples[index][0], "rb") as f:
+                    f.read()
+            continue
+        torch.default_generator.manual_seed(position)
+        dataset[index]
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -4,6 +4,7 @@
     python scripts/benchmark.py --suite simam    # fused SimAM vs the paper's formula: speed, saved memory
     python scripts/benchmark.py --suite train -a resnet18 --attention_type simam -b 16 --image-size 224 --steps 10
     python scripts/benchmark.py --suite data     # uint8 input pipeline vs torchvision's PIL pipeline
+    python scripts/benchmark.py --suite data --shards   # reading tar shards (scripts/make_shards.py) vs the folder
     python scripts/benchmark.py --suite eval -a resnet50 --attention_type simam -b 32
     python scripts/benchmark.py --suite table -b 8 --image-size 64 --no-compile   # cost of every arch x attention
     python scripts/benchmark.py --suite table -b 64 --image-size 224 --device cuda  # the GPU table
@@ -78,6 +79,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="also time the same network without attention (recommended settings) for the attention's overhead")
     # data
     arg("--images", type=int, default=64, help="data suite: generated JPEGs")
+    arg("--shards", action="store_true",
+        help="data suite: images/s per core reading tar shards (scripts/make_shards.py) against the folder, "
+             "in random order, both pipelines; written to results/benchmarks/data-shards-<device>.json")
     # table
     arg("--archs", default=None, help="table suite: comma-separated archs (default: the results table's)")
     arg("--attentions", default=None, help="table suite: comma-separated attentions (default: all)")
@@ -428,8 +432,11 @@ def suite_eval(args) -> dict:
 
 
 def suite_data(args) -> dict:
-    """Decode + augmentation images/s of one worker: the uint8 pipeline vs torchvision's PIL pipeline."""
-    from scripts._data_benchmark import run_data_suite
+    """Decode + augmentation images/s of one worker: the uint8 pipeline vs torchvision's PIL pipeline; with
+    ``--shards``, reading tar shards against reading the folder."""
+    from scripts._data_benchmark import run_data_suite, run_shards_suite
+    if args.shards:
+        return run_shards_suite(image_count=args.images)
     return run_data_suite(image_count=args.images)
 
 
@@ -541,6 +548,7 @@ def main(argv: list[str] | None = None) -> dict:
     text = json.dumps(result, indent=None if args.json else 2)
     print(text, flush=True)
     name = args.suite + (f"-{args.arch}-{args.attention_type}" if args.suite in ("train", "eval") else "")
+    name += "-shards" if args.suite == "data" and args.shards else ""
     output = args.output or (None if args.json else os.path.join(ROOT, "results", "benchmarks",
                                                                    f"{name}-{device_tag(device)}.json"))
     if output:

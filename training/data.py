@@ -5,15 +5,24 @@ sample its own seed and the transform runs under it. A run stopped anywhere and 
 exactly the images and crops an uninterrupted run sees, whatever the number of workers. With a training size
 schedule (progressive resizing) the sampler also hands each sample its epoch's crop size: the sampler's items are
 the one channel that reaches persistent workers.
+
+DATA is an ImageNet-layout folder, or the same images as WebDataset tar shards (``scripts/make_shards.py``), read at
+random with wids (``ShardImages``): item ``i`` of the shards is item ``i`` of the folder, so all of the above holds
+for both (docs/shards.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import json
 import math
 import os
+import struct
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
+from urllib.parse import urlparse
 
 import numpy as np
 import torch
@@ -28,7 +37,7 @@ except ImportError:  # a torchvision without it: load_uint8 decodes with PIL
     decode_jpeg = None
 
 from . import presets
-from .errors import BadImageError, UserError
+from .errors import BadImageError, ShardError, UserError
 from .options import Options, user_errors
 from .performance import INPUT_PIPELINES, to_device
 
@@ -52,6 +61,19 @@ def load_uint8(path: str) -> Tensor:
             encoded = f.read()
     except OSError as error:
         raise BadImageError(f"cannot read image {path}: {error}") from None
+    return decode_uint8(encoded, path)
+
+
+def decode_rgb(encoded: bytes, name: str) -> Image.Image:
+    """``load_rgb`` of an image file's bytes (a shard's ``.jpg``); ``name`` names it in ``BadImageError``."""
+    try:
+        return Image.open(io.BytesIO(encoded)).convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise BadImageError(f"cannot read image {name}: {error}") from None
+
+
+def decode_uint8(encoded: bytes, name: str) -> Tensor:
+    """``load_uint8`` of an image file's bytes: the same decoder, the same pixels."""
     if decode_jpeg is not None and encoded[:3] == b"\xff\xd8\xff":  # JPEG
         try:
             image = decode_jpeg(torch.frombuffer(bytearray(encoded), dtype=torch.uint8))
@@ -59,7 +81,7 @@ def load_uint8(path: str) -> Tensor:
             image = None
         if image is not None and image.shape[0] in (1, 3):
             return image.expand(3, -1, -1)
-    return torch.from_numpy(np.array(load_rgb(path))).permute(2, 0, 1)
+    return torch.from_numpy(np.array(decode_rgb(encoded, name))).permute(2, 0, 1)
 
 
 def image_loader(pipeline: str = "pil") -> Callable[[str], Image.Image | Tensor]:
@@ -99,6 +121,199 @@ def image_folder(data: str, split: str, transform, loader: Callable = load_rgb) 
         raise UserError(f"class folder {os.path.join(root, empty[0])} has no images "
                         f"(extensions {', '.join(datasets.folder.IMG_EXTENSIONS)})")
     return dataset
+
+
+# ---------------------------------------------------------------------------------------------------------
+# ImageNet as WebDataset tar shards (scripts/make_shards.py), read at random with wids: docs/shards.md
+# ---------------------------------------------------------------------------------------------------------
+
+SHARD_INDEX = "shardindex.json"  # DATA/<split>/shardindex.json: wids' shard index (wids-shard-index-v1)
+CLASSES_FILE = "classes.txt"  # DATA/classes.txt: the class folder names (wnids), one a line, in class-index order
+
+
+def is_sharded(data: str | None) -> bool:
+    """Whether ``data`` holds sharded splits (``DATA/train`` or ``DATA/val`` with a ``shardindex.json``)."""
+    return data is not None and any(os.path.isfile(os.path.join(data, split, SHARD_INDEX))
+                                    for split in ("train", "val"))
+
+
+def _is_local(url: str) -> bool:
+    return not url.startswith("pipe:") and urlparse(url).scheme == ""
+
+
+def read_shard_index(data: str, split: str) -> dict:
+    """``DATA/split/shardindex.json`` with each shard's url resolved (relative urls: beside the index), checked: a
+    missing index or shard, or a local shard whose size differs from the index's, is a one-line ``ShardError``."""
+    folder = os.path.join(data, split)
+    path = os.path.join(folder, SHARD_INDEX)
+    if not os.path.isfile(path):
+        raise ShardError(f"{path} not found: a sharded DATA holds train/ and val/, each with {SHARD_INDEX} "
+                         "(scripts/make_shards.py writes them)")
+    try:
+        with open(path) as f:
+            index = json.load(f)
+        shards = index["shardlist"]
+        if index.get("wids_version") != 1 or not shards or not all("url" in s and "nsamples" in s for s in shards):
+            raise ValueError("not a wids shard index with shards")
+        if not isinstance(index["classes"], list):
+            raise ValueError("no class list")
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ShardError(f"{path} is damaged ({error}); rewrite it with scripts/make_shards.py") from None
+    for shard in shards:
+        url = shard["url"]
+        if _is_local(url):
+            url = shard["url"] = os.path.normpath(os.path.join(os.path.abspath(folder), url))
+            if not os.path.isfile(url):
+                raise ShardError(f"shard {url} is missing (listed in {path})")
+            size = os.path.getsize(url)
+            if "filesize" in shard and size != shard["filesize"]:
+                raise ShardError(f"shard {url} is damaged: {size} bytes, {path} says {shard['filesize']}; "
+                                 "rewrite it with scripts/make_shards.py")
+    return {**index, "index_path": path}
+
+
+class _ShardCache:
+    """wids' shard cache (``LRUShards``) for ``ShardListDataset``, keeping every shard once opened: a local shard
+    is memory-mapped where it lies (wids would copy it into its cache folder), a remote one (``https://``, ``s3://``,
+    ``gs://``, ``file://``, ``pipe:``) is downloaded by wids into ``$WIDS_CACHE`` (default /tmp/_wids_cache) once
+    per node and then mapped. The file is closed once mapped (no descriptor per shard). A shard that cannot be read,
+    or holds another number of samples than the index says, is a ``ShardError`` naming it."""
+
+    def __init__(self, lengths: dict[str, int], localname: Callable[[str], str]) -> None:
+        self.lengths, self.localname, self.open = lengths, localname, {}
+
+    def get_shard(self, url: str):
+        shard = self.open.get(url)
+        if shard is None:
+            shard = self.open[url] = self._open(url)
+        return shard
+
+    def _open(self, url: str):
+        from wids.wids import IndexedTarSamples
+        from wids.wids_dl import download_and_open
+
+        try:
+            if _is_local(url):
+                with open(url, "rb") as stream:
+                    shard = IndexedTarSamples(path=url, stream=stream)
+            else:
+                with download_and_open(url, self.localname(url)) as stream:
+                    shard = IndexedTarSamples(path=url, stream=stream)
+        except (OSError, ValueError, AssertionError, IndexError, UnicodeDecodeError, struct.error) as error:
+            raise ShardError(f"cannot read shard {url} ({type(error).__name__}: {error}); it is damaged or was not "
+                             "written completely: rewrite it with scripts/make_shards.py") from None
+        if len(shard) != self.lengths[url]:
+            shard.close()
+            raise ShardError(f"shard {url} is damaged: {len(shard)} samples, its index says {self.lengths[url]}; "
+                             "rewrite it with scripts/make_shards.py")
+        return _CompactShard.of(shard)
+
+    def clear(self) -> None:
+        for shard in self.open.values():
+            shard.close()
+        self.open.clear()
+
+
+class _CompactShard:
+    """A shard as wids indexed it (``IndexedTarSamples`` over its memory map), with wids' per-member index (Python
+    objects, about 590 bytes an image) replaced by a numpy table of where each ``.jpg`` and ``.cls`` lies (about 50
+    bytes an image): every loader worker keeps every shard it has read, ImageNet's 1.28M images then in about 65 MB
+    instead of 0.75 GB. Items are wids' samples: ``{".jpg": BytesIO, ".cls": BytesIO, "__key__": key}``."""
+
+    def __init__(self, shard, table: np.ndarray) -> None:
+        self.shard, self.table, self.map = shard, table, shard.reader.mmapped_file
+
+    @classmethod
+    def of(cls, shard):
+        """``shard`` compacted when it is a memory-mapped shard of ``.jpg`` + ``.cls`` samples, else as it is."""
+        from wids.wids import splitname
+
+        reader = getattr(shard, "reader", None)
+        if not hasattr(reader, "by_index"):
+            return shard
+        rows = []
+        for members in shard.samples:
+            where = {}
+            for member in members:
+                name, offset, size = reader.by_index[member]
+                where[splitname(name)[1]] = (offset + 512, size)
+            if set(where) != {".jpg", ".cls"}:
+                return shard
+            rows.append((*where[".jpg"], *where[".cls"], reader.by_index[members[0]][1]))
+        table = np.array(rows, dtype=np.int64).reshape(-1, 5)
+        reader.by_name, reader.by_index, shard.samples = {}, [], []
+        return cls(shard, table)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, index: int) -> dict:
+        from wids.wids import splitname
+
+        jpg, jpg_size, label, label_size, header = (int(value) for value in self.table[index])
+        name = bytes(self.map[header:header + 100]).split(b"\0", 1)[0].decode("utf-8", "replace")
+        return {".jpg": io.BytesIO(self.map[jpg:jpg + jpg_size]),
+                ".cls": io.BytesIO(self.map[label:label + label_size]), "__key__": splitname(name)[0]}
+
+    def close(self) -> None:
+        self.shard.close()
+
+
+class ShardImages(Dataset):
+    """A split of a sharded dataset (``scripts/make_shards.py``), read at random with wids' ``ShardListDataset``:
+    item ``i`` is the folder dataset's item ``i`` (the shards hold the images in ``ImageFolder``'s order), decoded
+    by the pipeline's decoder (``decode_rgb`` for ``pil``, ``decode_uint8`` for ``uint8``) from the original bytes
+    and transformed like ``ImageFolder``'s; an item ``(index, size)`` runs ``transform(image, size)``."""
+
+    def __init__(self, data: str, split: str, transform=None, pipeline: str = "pil") -> None:
+        presets.check_pipeline(pipeline)
+        index = read_shard_index(data, split)
+        self.root, self.transform, self.pipeline = os.path.join(data, split), transform, pipeline
+        self.index_path, self.shards = index["index_path"], index["shardlist"]
+        self.classes = list(index["classes"])
+        self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
+        self.length = sum(shard["nsamples"] for shard in self.shards)
+        self._dataset = None  # opened in each process that reads (DataLoader workers included)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getstate__(self):
+        return {**self.__dict__, "_dataset": None}
+
+    def _wids(self):
+        if self._dataset is None:
+            from wids import ShardListDataset
+
+            with contextlib.redirect_stderr(io.StringIO()):  # wids prints a summary line per dataset
+                dataset = ShardListDataset(self.shards, transformations=[])
+            dataset.cache = _ShardCache({s["url"]: s["nsamples"] for s in self.shards}, dataset.localname)
+            dataset.check_cache_misses = lambda: None  # every shard stays open: no misses to warn of
+            self._dataset = dataset
+        return self._dataset
+
+    def __getitem__(self, item: int | tuple[int, int]):
+        index, size = item if isinstance(item, tuple) else (item, None)
+        if not 0 <= index < self.length:
+            raise IndexError(f"index {index} out of range for {self.length} images")
+        sample = self._wids()[index]
+        name = f"{sample['__shard__']}:{sample['__key__']}"
+        try:
+            encoded, target = sample[".jpg"].getvalue(), int(sample[".cls"].getvalue())
+        except (KeyError, ValueError) as error:
+            raise ShardError(f"shard {sample['__shard__']} is damaged: sample {sample['__key__']} has no "
+                             f"readable .jpg and .cls ({error})") from None
+        image = (decode_uint8 if self.pipeline == "uint8" else decode_rgb)(encoded, name)
+        if self.transform is not None:
+            image = self.transform(image) if size is None else self.transform(image, size)
+        return image, target
+
+
+def shard_dataset(data: str, split: str, transform, pipeline: str = "pil") -> ShardImages:
+    """``DATA/split`` of a sharded dataset as ``ShardImages`` (``image_folder``'s counterpart)."""
+    if not os.path.isdir(data):
+        raise UserError(f"data folder not found: {data}")
+    return ShardImages(data, split, transform, pipeline)
 
 
 class SyntheticImages(Dataset):
@@ -273,7 +488,8 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data and input pipeline")
     arg = group.add_argument
     arg("data", metavar="DIR", nargs="?", default=None,
-        help="dataset folder with train/ and val/, one sub-folder per class (not needed with --dummy)")
+        help="dataset folder with train/ and val/, one sub-folder per class, or the output of "
+             "scripts/make_shards.py (tar shards; recognised by its shardindex.json) (not needed with --dummy)")
     arg("-j", "--workers", default=DataOptions.workers, type=int, metavar="N",
         help="data loading workers per node (divided among the node's processes)")
     arg("--dummy", nargs="?", type=int, const=1281167, default=DataOptions.dummy, metavar="N",
@@ -319,7 +535,8 @@ class InputPipeline:
 
 def build_data(options: DataOptions, world_size: int, rank: int, seed: int, batch_per_process: int, workers: int,
                pin_memory: bool) -> InputPipeline:
-    """The input pipeline ``options`` describe (ImageFolder under ``options.data``, or synthetic with ``dummy``), in
+    """The input pipeline ``options`` describe (ImageFolder under ``options.data``, ``ShardImages`` when it holds
+    ``scripts/make_shards.py``'s shards, or synthetic with ``dummy``), in
     the pipeline ``options.input_pipeline`` (``uint8`` gives uint8 image batches), with the augmentation of
     ``options.augment`` (``presets.TrainTransform``) and the crop sizes of ``options.train_size_schedule``
     (``presets.train_size_schedule``; ``train_crop_size`` without it)."""
@@ -334,8 +551,14 @@ def build_data(options: DataOptions, world_size: int, rank: int, seed: int, batc
         train_set = SyntheticImages(options.dummy, options.train_crop_size, uint8=uint8) if options.train else None
         val_set = SyntheticImages(max(options.dummy // 25, 1), options.val_crop_size, uint8=uint8)
     else:  # DataOptions.check has made sure DATA is given
-        train_set = image_folder(options.data, "train", train_tf, loader) if options.train else None
-        val_set = image_folder(options.data, "val", val_tf, loader)
+        if is_sharded(options.data):  # scripts/make_shards.py's OUT: the same images, in the same order
+            def dataset(split, transform):
+                return shard_dataset(options.data, split, transform, pipeline)
+        else:
+            def dataset(split, transform):
+                return image_folder(options.data, split, transform, loader)
+        train_set = dataset("train", train_tf) if options.train else None
+        val_set = dataset("val", val_tf)
         if train_set is not None and train_set.classes != val_set.classes:
             only_train = sorted(set(train_set.classes) - set(val_set.classes))
             only_val = sorted(set(val_set.classes) - set(train_set.classes))

@@ -19,6 +19,11 @@ class BadImageError(UserError):
     """An image file that cannot be decoded. Raised in data-loading workers, so it takes one string."""
 
 
+class ShardError(UserError):
+    """A tar shard of a sharded dataset that is missing or damaged (``training.data.ShardImages``). Raised in
+    data-loading workers too, so it takes one string; never passed over by ``--skip-bad-images``."""
+
+
 def one_line(error: BaseException) -> str:
     """The user-facing line of ``error``.
 

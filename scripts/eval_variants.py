@@ -31,7 +31,7 @@ from tqdm import tqdm  # noqa: E402
 import networks  # noqa: E402
 from training import distributed, performance, run, variants  # noqa: E402
 from training.checkpoint import CheckpointOptions, load_weights  # noqa: E402
-from training.data import DataOptions, EvalShard, image_loader  # noqa: E402
+from training.data import DataOptions, EvalShard, class_list  # noqa: E402
 from training.engine import LoopOptions, StepOptions, evaluate  # noqa: E402
 from training.errors import TrainingError, UserError, exit_status, one_line  # noqa: E402
 from training.evaluation import EvalOptions, evaluation_model  # noqa: E402
@@ -88,7 +88,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     arg = parser.add_argument
     arg("--resume", required=True, metavar="CKPT", help="the checkpoint to evaluate (a file or a run folder)")
-    arg("--val", metavar="DIR", help="ImageNet val: DIR/<wnid>/<image>")
+    arg("--val", metavar="DIR", help="ImageNet val: DIR/<wnid>/<image>, or scripts/make_shards.py's OUT (its val "
+                                     "shards) or OUT/val")
     arg("--v2", metavar="DIR", help="ImageNet-V2: DIR/<class index 0-999>/<image>")
     arg("--real", metavar="FILE", help="ReaL labels (real.json), scored on the --val images by sorted file name")
     arg("--a", metavar="DIR", help="ImageNet-A: DIR/<wnid>/<image> (200 classes: logits restricted to them)")
@@ -96,8 +97,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     arg("--sketch", metavar="DIR", help="ImageNet-Sketch: DIR/<wnid>/<image>")
     arg("--c", metavar="DIR", help="ImageNet-C: DIR/<corruption>/<severity 1-5>/<wnid>/<image>")
     arg("--classes-from", metavar="DIR",
-        help="an ImageNet folder whose sorted class folders are the model's classes, for checkpoints that record "
-             "none (the release's) (default: --val's)")
+        help="an ImageNet folder whose sorted class folders are the model's classes (or a sharded OUT: its class "
+             "list), for checkpoints that record none (the release's) (default: --val's)")
     arg("--json", required=True, metavar="OUT", help="where to write the results")
     arg("--val-resize-size", default=None, type=int,
         help="resize the shorter side to this (default: the checkpoint's recipe, else 256)")
@@ -155,7 +156,7 @@ def model_classes(checkpoint, options: VariantsOptions) -> tuple[int, list[str] 
     folder = options.classes_from or options.val
     if not folder:
         return num_classes, None
-    names = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir()) if os.path.isdir(folder) else []
+    names = class_list(folder, "--classes-from" if options.classes_from else "--val")
     if len(names) != num_classes:
         raise UserError(f"{folder} has {len(names)} class folders but the model {num_classes} classes: name an "
                         "ImageNet folder with one folder per class (--classes-from DIR)")
@@ -185,7 +186,7 @@ class Evaluator:
     model: torch.nn.Module
     options: StepOptions
     transform: Any
-    loader: Any
+    pipeline: str
     batch: int
     workers: int
     log: RunLog
@@ -193,7 +194,7 @@ class Evaluator:
 
     def loader_of(self, samples) -> DataLoader:
         ctx = self.options.ctx
-        dataset = variants.LabeledImages(samples, self.transform, self.loader)
+        dataset = variants.LabeledImages(samples, self.transform, self.pipeline)
         return DataLoader(dataset, batch_size=self.batch, sampler=EvalShard(len(dataset), ctx.world_size, ctx.rank),
                           num_workers=self.workers, pin_memory=self.options.device.type == "cuda")
 
@@ -261,7 +262,7 @@ def evaluate_sets(ctx: distributed.Context, job: Job) -> dict[str, Any]:
     step = StepOptions(ctx, memory_format=job.speed.memory_format, amp_dtype=amp_dtype,
                        progress=not options.no_progress)
     evaluator = Evaluator(evaluation_model(model, job.speed.compile), step,
-                          eval_transform(resize, crop, options.input_pipeline), image_loader(options.input_pipeline),
+                          eval_transform(resize, crop, options.input_pipeline), options.input_pipeline,
                           options.batch_size // ctx.world_size,
                           math.ceil(options.workers / ctx.local_world_size), log, num_classes)
     log.print(f"=> {checkpoint.path}: {network.arch} + {network.attention_type}, {num_classes} classes, "

@@ -14,7 +14,8 @@ sorted order.
 Class names: for a 1,000-class model, torchvision's ImageNet category names; otherwise the class folder names the
 file records. Wnids (class folder names) come from the file's record (our checkpoints and safetensors files); the
 release's files record none: then they are empty unless --classes-from DIR names a folder with one sub-folder per
-class (an ImageNet train/ or val/ folder), in sorted order as training reads them.
+class (an ImageNet train/ or val/ folder), in sorted order as training reads them, or a sharded dataset
+(scripts/make_shards.py's OUT), whose class list they are.
 
 Without --csv or --json one line per image is printed. An image that cannot be decoded is named on stderr and
 skipped; a missing file, an unusable checkpoint or a bad flag is one line ``error: ...`` and exit status 2.
@@ -39,7 +40,7 @@ from tqdm import tqdm  # noqa: E402
 
 import networks  # noqa: E402
 from scripts._cli import add_network_arguments, make_cli  # noqa: E402
-from training.data import load_rgb  # noqa: E402
+from training.data import class_list, load_rgb  # noqa: E402
 from training.distributed import parse_gpus  # noqa: E402
 from training.errors import BadImageError, UserError, one_line  # noqa: E402
 from training.metrics import show_progress  # noqa: E402
@@ -67,7 +68,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     output.add_argument("--json", metavar="OUT", default=None, help="write the predictions as JSON")
     parser.add_argument("--classes-from", metavar="DIR", default=None,
                         help="wnids for a file that records no classes (the release's): DIR's class sub-folders, "
-                             "sorted (an ImageNet train/ or val/ folder)")
+                             "sorted (an ImageNet train/ or val/ folder), or a sharded OUT's class list")
     parser.add_argument("-b", "--batch-size", type=int, default=32, help="images per forward (default: 32)")
     parser.add_argument("-j", "--workers", type=int, default=2, help="image loading processes (default: 2)")
     parser.add_argument("--gpu", default=None,
@@ -123,23 +124,13 @@ def collate(items):
 
 # ----------------------------------------------------------------------------------------------- classes
 
-def class_folders(folder: str) -> list[str]:
-    """The class sub-folders of ``folder``, sorted as ``torchvision.datasets.ImageFolder`` reads them."""
-    if not os.path.isdir(folder):
-        raise UserError(f"--classes-from {folder}: not a folder")
-    names = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
-    if not names:
-        raise UserError(f"--classes-from {folder}: no class sub-folders")
-    return names
-
-
 def class_names(loaded: networks.LoadedNetwork, classes_from: str | None) -> tuple[list[str], list[str]]:
     """(wnids, names), one per class: wnids from the file's record, else ``classes_from``'s folders, else empty;
     names from torchvision's ImageNet categories for 1,000 classes, else the wnids (class folder names)."""
     count = loaded.num_classes
     wnids = loaded.classes
     if classes_from is not None:
-        folders = class_folders(classes_from)
+        folders = class_list(classes_from, "--classes-from")
         if len(folders) != count:
             raise UserError(f"--classes-from {classes_from} has {len(folders)} class folders; {loaded.path} has "
                             f"{count} classes")

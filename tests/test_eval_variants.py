@@ -7,6 +7,7 @@ when it is not handled."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -322,6 +323,47 @@ def test_unknown_wnid_folder_is_named(tmp_path):
         (tmp_path / name).mkdir()
     with pytest.raises(UserError, match=r"class folder 'n2' is not among the model's 2 classes"):
         variants.wnid_samples(str(tmp_path), ["n1", "n3"], "ImageNet-R")
+
+
+@pytest.mark.parametrize("pipeline", ["pil", "uint8"])
+def test_val_and_real_from_shards_are_the_folders(world, sets, result, tmp_path, pipeline):
+    """--val given make_shards.py's OUT (or OUT/val) scores the same images with the same labels, and ReaL follows
+    the file names kept in the shards' keys; the shards' class list (the 9 or so classes present) is mapped to the
+    model's 12 by wnid. Shards of 7 images: the last one shorter."""
+    from scripts.make_shards import make_shards
+
+    tmp = world["tmp"]
+    data = tmp_path / "data"
+    shutil.copytree(tmp / "val", data / "val")
+    shutil.copytree(tmp / "val", data / "train")
+    make_shards(str(data), str(tmp_path / "out"), shard_size=7, progress=False)
+    present = sorted(os.listdir(tmp / "val"))
+    assert len(present) < NUM_CLASSES and present != WNIDS[:len(present)]  # shard class i is not model class i
+    want = result
+    if pipeline == "uint8":  # the uint8 decoder's numbers differ from PIL's: compare with the folder read so
+        run_script(world, "--val", tmp / "val", "--real", tmp / "real.json", "--json", tmp_path / "folder.json",
+                   "--val-resize-size", RESIZE, "--val-crop-size", CROP, "--input-pipeline", pipeline)
+        want = json.loads((tmp_path / "folder.json").read_text())
+    for val in (tmp_path / "out", tmp_path / "out" / "val"):
+        out = tmp_path / f"{val.name}.json"
+        run_script(world, "--val", val, "--real", tmp / "real.json", "--json", out, "--val-resize-size", RESIZE,
+                   "--val-crop-size", CROP, "--input-pipeline", pipeline)
+        got = json.loads(out.read_text())
+        for name in ("val", "real"):
+            close(got[name], want[name])
+        if pipeline == "pil":
+            close(got["real"], sets["real"])
+
+
+def test_shards_holding_an_unknown_class_are_named(world, tmp_path):
+    from scripts.make_shards import make_shards
+
+    for split in ("train", "val"):
+        put(world["paths"][0], tmp_path / "data" / split / WNIDS[1])
+        put(world["paths"][1], tmp_path / "data" / split / "n99999999")
+    make_shards(str(tmp_path / "data"), str(tmp_path / "out"), progress=False)
+    with pytest.raises(UserError, match=r"class folder 'n99999999' is not among the model's 12 classes"):
+        variants.wnid_samples(str(tmp_path / "out"), WNIDS, "ImageNet val")
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import main_imagenet
-from helpers import TINY, train_argv
+from helpers import TINY, spawn_on_two_cpus, train_argv
 from scripts.make_sample_data import make_dataset
 from scripts.make_shards import make_shards
 from test_main_imagenet import run_main, same_training_state
@@ -77,6 +77,21 @@ def test_training_from_shards_equals_training_from_the_folder(small, tmp_path, p
 
 
 @pytest.mark.slow
+def test_two_processes_train_from_shards_as_from_the_folder(small, tmp_path):
+    """The --gpu 0,1 path (two CPU devices): 21 images over 2 processes with batches of 4 (each process's share of
+    11 leaves a 3-image batch), each rank reading its own samples from the shards, gives the folder's weights."""
+    folder, shards = small
+    for name, dataset in (("folder", folder), ("shards", shards)):
+        spawn_on_two_cpus(parse_with_config(main_imagenet.get_args_parser(), train_argv(
+            dataset, tmp_path / name, "--input-pipeline", "uint8", epochs=2, batch=8)))
+    a, b = checkpoint(tmp_path / "folder"), checkpoint(tmp_path / "shards")
+    assert a["iterations_per_epoch"] == 3 and a["epoch"] == b["epoch"] == 2
+    same_training_state(a, b)
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+
+
+@pytest.mark.slow
 def test_sigterm_mid_epoch_then_resume_from_shards_is_an_uninterrupted_run(four_class_data, tmp_path):
     shards = shard(four_class_data, tmp_path / "shards", shard_size=32)
     argv = train_argv(shards, tmp_path / "stopped", "-p", "1", epochs=2)
@@ -114,6 +129,17 @@ def test_four_processes_evaluate_every_shard_image_once(odd_data, tmp_path):
     assert four["n_images"] == single["n_images"] == 21
     assert (four["top1"], four["top5"]) == (single["top1"], single["top5"])
     assert four["loss"] == pytest.approx(single["loss"], rel=1e-5)
+
+
+def test_the_class_list_of_shards_is_the_folders(small):
+    """``--classes-from`` / ``--val`` (eval_variants.py, predict.py): OUT, OUT/val and the folder give one list."""
+    folder, shards = small
+    names = sorted(os.listdir(folder / "val"))
+    assert data.class_list(str(folder / "val"), "--classes-from") == names
+    assert data.class_list(str(shards), "--classes-from") == names
+    assert data.class_list(str(shards / "val"), "--classes-from") == names
+    with pytest.raises(data.UserError, match="^--val .*nowhere: folder not found$"):
+        data.class_list(str(shards / "nowhere"), "--val")
 
 
 def test_make_shards_layout_and_a_second_run_skips_complete_shards(small, tmp_path):

@@ -137,6 +137,32 @@ def is_sharded(data: str | None) -> bool:
                                     for split in ("train", "val"))
 
 
+def sharded_split(path: str, split: str = "val") -> tuple[str, str] | None:
+    """``(DATA, split)`` when ``path`` is a sharded dataset (``DATA/split/shardindex.json``) or one of its split
+    folders (``path/shardindex.json``); None otherwise."""
+    if os.path.isfile(os.path.join(path, SHARD_INDEX)):
+        folder = os.path.abspath(path)
+        return os.path.dirname(folder), os.path.basename(folder)
+    if os.path.isfile(os.path.join(path, split, SHARD_INDEX)):
+        return path, split
+    return None
+
+
+def class_list(path: str, what: str) -> list[str]:
+    """The class names (wnids) of an ImageNet folder, in class-index order: its sorted class sub-folders (as
+    ``ImageFolder`` reads them), or a sharded dataset's class list (it or a split of it). A missing folder or one
+    without class folders is a ``UserError`` beginning with ``what``."""
+    sharded = sharded_split(path)
+    if sharded is not None:
+        return list(read_shard_index(*sharded)["classes"])
+    if not os.path.isdir(path):
+        raise UserError(f"{what} {path}: folder not found")
+    names = sorted(entry.name for entry in os.scandir(path) if entry.is_dir())
+    if not names:
+        raise UserError(f"{what} {path}: no class sub-folders (expected {path}/<class>/<image>)")
+    return names
+
+
 def _is_local(url: str) -> bool:
     return not url.startswith("pipe:") and urlparse(url).scheme == ""
 
@@ -291,6 +317,19 @@ class ShardImages(Dataset):
             dataset.check_cache_misses = lambda: None  # every shard stays open: no misses to warn of
             self._dataset = dataset
         return self._dataset
+
+    def keys_and_targets(self) -> list[tuple[str, int]]:
+        """Each image's key (``<wnid>/<position>_<file stem>``) and class index, in order, without decoding."""
+        dataset = self._wids()
+        rows = []
+        for index in range(self.length):
+            sample = dataset[index]
+            try:
+                rows.append((sample["__key__"], int(sample[".cls"].getvalue())))
+            except (KeyError, ValueError) as error:
+                raise ShardError(f"shard {sample['__shard__']} is damaged: sample {sample['__key__']} has no "
+                                 f"readable .cls ({error})") from None
+        return rows
 
     def __getitem__(self, item: int | tuple[int, int]):
         index, size = item if isinstance(item, tuple) else (item, None)

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from .data import ShardImages, image_loader, sharded_split
 from .errors import UserError
 
 SETS = ("val", "v2", "real", "a", "r", "sketch", "c")
@@ -65,15 +66,49 @@ def _images_in(folder: str) -> list[str]:
     return found
 
 
-def wnid_samples(root: str, classes: Sequence[str], what: str = "data") -> list[tuple[str, int]]:
-    """``root/<wnid>/<image>`` as ``(path, index of wnid in classes)``; a folder that is not one of ``classes``
-    is a ``UserError`` naming the first such folder."""
+def _unknown_classes_error(what: str, root: str, unknown: str, classes: Sequence[str]) -> UserError:
+    return UserError(f"{what} {root}: class folder {unknown!r} is not among the model's {len(classes)} classes "
+                     f"(e.g. {', '.join(list(classes)[:2])})")
+
+
+class ShardSamples(Sequence):
+    """A split of a sharded dataset (``scripts/make_shards.py``'s OUT) as a set's samples: row ``i`` is ``(file
+    stem, index of its wnid in classes)`` for the split's image ``i``, the image read from the shards
+    (``LabeledImages``). The file stem is the one kept in the image's key (dots as ``_``), so ReaL's sorted file
+    names order the rows as they order ImageNet's ``ILSVRC2012_val_NNNNNNNN.JPEG``."""
+
+    def __init__(self, data: str, split: str, classes: Sequence[str], what: str = "data") -> None:
+        self.data, self.split = data, split
+        images = ShardImages(data, split)
+        index = {name: i for i, name in enumerate(classes)}
+        unknown = [name for name in images.classes if name not in index]
+        if unknown:
+            raise _unknown_classes_error(what, os.path.join(data, split), unknown[0], classes)
+        rows = images.keys_and_targets()
+        self.names = [key.rsplit("/", 1)[-1].split("_", 1)[-1] for key, _ in rows]  # <wnid>/<position>_<stem>
+        self.labels = [index[images.classes[target]] for _, target in rows]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return list(zip(self.names[index], self.labels[index]))
+        return self.names[index], self.labels[index]
+
+
+def wnid_samples(root: str, classes: Sequence[str], what: str = "data") -> list[tuple[str, int]] | ShardSamples:
+    """``root/<wnid>/<image>`` as ``(path, index of wnid in classes)`` (a sharded dataset or split at ``root``:
+    ``ShardSamples``, its ``val`` split for the dataset); a folder that is not one of ``classes`` is a
+    ``UserError`` naming the first such folder."""
+    sharded = sharded_split(root)
+    if sharded is not None:
+        return ShardSamples(*sharded, classes, what)
     index = {name: i for i, name in enumerate(classes)}
     folders = _subfolders(root, what)
     unknown = [name for name in folders if name not in index]
     if unknown:
-        raise UserError(f"{what} {root}: class folder {unknown[0]!r} is not among the model's {len(classes)} "
-                        f"classes (e.g. {', '.join(list(classes)[:2])})")
+        raise _unknown_classes_error(what, root, unknown[0], classes)
     samples = [(path, index[name]) for name in folders for path in _images_in(os.path.join(root, name))]
     if not samples:
         raise UserError(f"{what} {root} holds no images (extensions {', '.join(IMG_EXTENSIONS)})")
@@ -140,10 +175,16 @@ class RestrictedLogits(nn.Module):
 
 
 class LabeledImages(Dataset):
-    """``(transform(loader(path)), label)`` for a list of samples."""
+    """``(transform(image), label)`` for a list of ``(path, label)`` samples (the image read by the pipeline's
+    loader) or ``ShardSamples`` (read from the shards, decoded by the pipeline's decoder)."""
 
-    def __init__(self, samples: Sequence[tuple[str, int]], transform: Callable, loader: Callable) -> None:
-        self.samples, self.transform, self.loader = list(samples), transform, loader
+    def __init__(self, samples: Sequence[tuple[str, int]] | ShardSamples, transform: Callable,
+                 pipeline: str = "pil") -> None:
+        self.transform = transform
+        if isinstance(samples, ShardSamples):
+            self.samples, self.shards = samples, ShardImages(samples.data, samples.split, None, pipeline)
+        else:
+            self.samples, self.shards, self.loader = list(samples), None, image_loader(pipeline)
         self.targets = [label for _, label in self.samples]
 
     def __len__(self) -> int:
@@ -151,7 +192,8 @@ class LabeledImages(Dataset):
 
     def __getitem__(self, index: int):
         path, label = self.samples[index]
-        return self.transform(self.loader(path)), label
+        image = self.loader(path) if self.shards is None else self.shards[index][0]
+        return self.transform(image), label
 
 
 # ---------------------------------------------------------------------------------------------------------

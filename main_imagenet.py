@@ -18,19 +18,16 @@ phases are find_checkpoint, resolve_run, set_up, then evaluate_checkpoint, save_
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import sys
 import warnings
 from dataclasses import replace
 from typing import Any
 
 import torch
-import torch.multiprocessing as mp
 
 from training import checkpoint, data, distributed, ema, engine, evaluation, mixing, optim, performance, run, schedule
 from training.config import add_config_option, parse_with_config
-from training.errors import TrainingError, UserError, exit_status, one_line
+from training.errors import exit_status
 from training.options import HelpFormatter
 from training.run import Config, resolve, worker
 
@@ -58,7 +55,7 @@ def check_args(args: argparse.Namespace) -> Config:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Launch: one process here, one per GPU (spawn), or torchrun's.
+# Launch: one process here, one per GPU (spawn), or torchrun's (training.distributed.launch)
 # ---------------------------------------------------------------------------------------------------------
 
 def main(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -67,64 +64,14 @@ def main(args: argparse.Namespace) -> dict[str, Any] | None:
     Returns the result (final metrics) when the work ran in this process; ``None`` after spawning.
     Bad input raises ``UserError``.
     """
-    config = check_args(args)
-    launch = config.launch
-    if distributed.launched_by_torchrun():
-        return worker(distributed.torchrun_context(launch), config)
-    devices = launch.devices()
-    if len(devices) == 1 and launch.nodes == 1:
-        return worker(distributed.Context(device=devices[0]), config)
-    config = replace(config, launch=launch.meeting_point())
-    if len(devices) == 1:
-        return worker(distributed.spawned_context(0, devices, config.launch), config)
-    spawn(devices, config)
-    return None
-
-
-def _spawned_worker(local_rank: int, devices: list[torch.device], config: Config, errors) -> None:
-    """One spawned process. Its one-line error goes to the parent (``errors``), which prints the first one: a
-    corrupt image in any process's share is named, once."""
-    try:
-        worker(distributed.spawned_context(local_rank, devices, config.launch), config)
-    except (UserError, TrainingError) as error:
-        status = 2 if isinstance(error, UserError) else 1
-        errors.put((status, f"error: {one_line(error)}"))
-        sys.exit(status)
-    except KeyboardInterrupt:  # a second Ctrl-C; torch's wrapper would report it as success
-        sys.exit(130)
+    return distributed.launch(worker, check_args(args))
 
 
 def spawn(devices: list[torch.device], config: Config, dist_url: str | None = None) -> None:
-    """One process per device, meeting at ``dist_url`` (default: the options' ``--dist-url``); SIGTERM is passed on
-    to them, Ctrl-C reaches them from the terminal."""
+    """One process per device (``--gpu 0,1``), meeting at ``dist_url`` (default: the options' ``--dist-url``)."""
     if dist_url is not None:
         config = replace(config, launch=replace(config.launch, dist_url=dist_url))
-    errors = mp.get_context("spawn").SimpleQueue()
-    context = mp.start_processes(_spawned_worker, args=(devices, config, errors), nprocs=len(devices),
-                                 join=False, start_method="spawn")
-
-    def forward(signum, frame):
-        for process in context.processes:
-            if process.is_alive():
-                os.kill(process.pid, signum)
-
-    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, forward),
-                signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN)}
-    try:
-        while not context.join():
-            pass
-    except (mp.ProcessExitedException, mp.ProcessRaisedException) as error:  # join() has stopped the others
-        if not errors.empty():  # a process's own error; the others may have failed after it, waiting for it
-            status, message = errors.get()
-        else:  # killed by a signal, or an unexpected exception (its traceback is the message)
-            exited = isinstance(error, mp.ProcessExitedException) and error.exit_code and error.exit_code > 0
-            status = error.exit_code if exited else 1
-            message = f"error: {error}; the other processes were stopped; continue with --resume auto"
-        print(message, file=sys.stderr, flush=True)
-        raise SystemExit(status) from None
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+    distributed.spawn(worker, devices, config)
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -17,14 +17,13 @@ import json
 import math
 import os
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-import torch.multiprocessing as mp  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
@@ -33,7 +32,7 @@ from training import distributed, performance, run, variants  # noqa: E402
 from training.checkpoint import CheckpointOptions, load_weights  # noqa: E402
 from training.data import DataOptions, EvalShard, class_list  # noqa: E402
 from training.engine import LoopOptions, StepOptions, evaluate  # noqa: E402
-from training.errors import TrainingError, UserError, exit_status, one_line  # noqa: E402
+from training.errors import UserError, exit_status  # noqa: E402
 from training.evaluation import EvalOptions, evaluation_model  # noqa: E402
 from training.metrics import RunLog, show_progress  # noqa: E402
 from training.options import HelpFormatter, Options  # noqa: E402
@@ -334,41 +333,10 @@ def describe(name: str, entry: dict) -> str:
     return f"----------- {label}: Acc@1 {entry['top1']:.3f}{top5} ({entry['n_images']} images) -----------"
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Launch: one process, one per GPU (spawn), or torchrun's (as main_imagenet.py)
-# ---------------------------------------------------------------------------------------------------------
-
 def main(args: argparse.Namespace) -> dict[str, Any] | None:
-    job = resolve(args)
-    launch = job.launch
-    if distributed.launched_by_torchrun():
-        return worker(distributed.torchrun_context(launch), job)
-    devices = launch.devices()
-    if len(devices) == 1 and launch.nodes == 1:
-        return worker(distributed.Context(device=devices[0]), job)
-    spawn(devices, replace(job, launch=launch.meeting_point()))
-    return None
-
-
-def spawn(devices: list[torch.device], job: Job) -> None:
-    """One process per device (``--gpu 0,1,2,3``), meeting at ``job.launch.dist_url``; the first process's one-line
-    error is printed once and is the exit status."""
-    errors = mp.get_context("spawn").SimpleQueue()
-    try:
-        mp.start_processes(_spawned_worker, args=(devices, job, errors), nprocs=len(devices), start_method="spawn")
-    except (mp.ProcessExitedException, mp.ProcessRaisedException) as error:
-        status, message = errors.get() if not errors.empty() else (1, f"error: {error}")
-        print(message, file=sys.stderr, flush=True)
-        raise SystemExit(status) from None
-
-
-def _spawned_worker(local_rank: int, devices, job: Job, errors) -> None:
-    try:
-        worker(distributed.spawned_context(local_rank, devices, job.launch), job)
-    except (UserError, TrainingError) as error:
-        status = 2 if isinstance(error, UserError) else 1
-        errors.put((status, f"error: {one_line(error)}"))
-        sys.exit(status)
+    """Evaluate on one process, one per GPU (``--gpu 0,1,2,3``) or torchrun's (``training.distributed.launch``);
+    the results when they were computed in this process, None after spawning."""
+    return distributed.launch(worker, resolve(args))
 
 
 def cli(argv: list[str] | None = None) -> int:

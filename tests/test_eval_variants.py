@@ -20,7 +20,7 @@ from torchvision import datasets, transforms
 
 import networks
 from scripts import eval_variants
-from training import variants
+from training import distributed, variants
 from training.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -405,7 +405,7 @@ def test_one_process_per_device_counts_every_image_once(world, sets, tmp_path):
          "--v2", str(tmp / "v2"), "--a", str(tmp / "a"), "--json", str(tmp_path / "spawned.json"),
          "--val-resize-size", str(RESIZE), "--val-crop-size", str(CROP), "--dist-url",
          f"tcp://127.0.0.1:{free_port()}"])
-    eval_variants.spawn([torch.device("cpu"), torch.device("cpu")], eval_variants.resolve(args))
+    distributed.spawn(eval_variants.worker, [torch.device("cpu"), torch.device("cpu")], eval_variants.resolve(args))
     spawned = json.loads((tmp_path / "spawned.json").read_text())
     for name in ("val", "v2", "a"):
         close(spawned[name], sets[name])

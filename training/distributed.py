@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
+import sys
 from dataclasses import dataclass, replace
 from datetime import timedelta
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 import torch
 import torch.distributed as dist
 
-from .errors import UserError, one_line
+from .errors import TrainingError, UserError, one_line
 from .options import Options
 
 T = TypeVar("T")
@@ -109,6 +111,74 @@ def spawned_context(local_rank: int, devices: list[torch.device], launch: Launch
                   local_rank, len(devices))
     init_process_group(ctx, launch.dist_backend, launch.dist_url, launch.dist_timeout)
     return ctx
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Launch: one process here, one per device (spawn), or torchrun's
+# ---------------------------------------------------------------------------------------------------------
+
+def launch(worker: Callable[[Context, Any], T], job: Any) -> T | None:
+    """``worker(ctx, job)`` where ``job.launch`` (``LaunchOptions``) says: in each process torchrun started, here on
+    the one device, or in one spawned process per device (``spawn``). Returns the worker's result when it ran in
+    this process, None after spawning. ``job`` is a frozen dataclass with a ``launch`` field; ``worker`` a
+    module-level function (spawned processes import it)."""
+    options = job.launch
+    if launched_by_torchrun():
+        return worker(torchrun_context(options), job)
+    devices = options.devices()
+    if len(devices) == 1 and options.nodes == 1:
+        return worker(Context(device=devices[0]), job)
+    job = replace(job, launch=options.meeting_point())
+    if len(devices) == 1:  # one device here, other nodes elsewhere
+        return worker(spawned_context(0, devices, job.launch), job)
+    spawn(worker, devices, job)
+    return None
+
+
+def spawn(worker: Callable[[Context, Any], Any], devices: list[torch.device], job: Any) -> None:
+    """One process per device, meeting at ``job.launch.dist_url``; SIGTERM is passed on to them, Ctrl-C reaches them
+    from the terminal. The first process's one-line error is printed once and is the exit status (``SystemExit``)."""
+    import torch.multiprocessing as mp
+
+    errors = mp.get_context("spawn").SimpleQueue()
+    context = mp.start_processes(_spawned_worker, args=(worker, devices, job, errors), nprocs=len(devices),
+                                 join=False, start_method="spawn")
+
+    def forward(signum, frame):
+        for process in context.processes:
+            if process.is_alive():
+                os.kill(process.pid, signum)
+
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, forward),
+                signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN)}
+    try:
+        while not context.join():
+            pass
+    except (mp.ProcessExitedException, mp.ProcessRaisedException) as error:  # join() has stopped the others
+        if not errors.empty():  # a process's own error; the others may have failed after it, waiting for it
+            status, message = errors.get()
+        else:  # killed by a signal, or an unexpected exception (its traceback is the message)
+            exited = isinstance(error, mp.ProcessExitedException) and error.exit_code and error.exit_code > 0
+            status = error.exit_code if exited else 1
+            message = f"error: {error}; the other processes were stopped; continue with --resume auto"
+        print(message, file=sys.stderr, flush=True)
+        raise SystemExit(status) from None
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _spawned_worker(local_rank: int, worker, devices: list[torch.device], job, errors) -> None:
+    """One spawned process. Its one-line error goes to the parent (``errors``), which prints the first one: a
+    corrupt image in any process's share is named, once."""
+    try:
+        worker(spawned_context(local_rank, devices, job.launch), job)
+    except (UserError, TrainingError) as error:
+        status = 2 if isinstance(error, UserError) else 1
+        errors.put((status, f"error: {one_line(error)}"))
+        sys.exit(status)
+    except KeyboardInterrupt:  # a second Ctrl-C; torch's wrapper would report it as success
+        sys.exit(130)
 
 
 def launched_by_torchrun() -> bool:

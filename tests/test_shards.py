@@ -5,7 +5,6 @@ writer's checks and resumption; missing and damaged shards as one-line errors; s
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 
@@ -16,7 +15,7 @@ import main_imagenet
 from helpers import TINY, spawn_on_two_cpus, train_argv
 from scripts.make_sample_data import make_dataset
 from scripts.make_shards import make_shards
-from test_main_imagenet import run_main, same_training_state
+from test_main_imagenet import run_main, same_training_state, sigterm_mid_epoch_then_resume
 from training import data, presets
 from training.config import parse_with_config
 from training.distributed import free_port
@@ -94,22 +93,7 @@ def test_two_processes_train_from_shards_as_from_the_folder(small, tmp_path):
 @pytest.mark.slow
 def test_sigterm_mid_epoch_then_resume_from_shards_is_an_uninterrupted_run(four_class_data, tmp_path):
     shards = shard(four_class_data, tmp_path / "shards", shard_size=32)
-    argv = train_argv(shards, tmp_path / "stopped", "-p", "1", epochs=2)
-    process = subprocess.Popen([sys.executable, "main_imagenet.py", *argv], cwd=ROOT, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    for line in process.stdout:
-        if line.startswith("Epoch: [0][ 2/"):
-            process.send_signal(signal.SIGTERM)
-            break
-    out, err = process.communicate(timeout=120)
-    assert process.returncode == 0 and "Traceback" not in err, err[-2000:]
-    assert "=> stopped by SIGTERM at epoch 0, iteration" in out
-    run_dir = tmp_path / "stopped" / RUN
-    partial = torch.load(run_dir / "checkpoint.pth.tar", weights_only=True)
-    assert partial["epoch"] == 0 and 3 <= partial["iteration"] < 10
-    run_main(train_argv(shards, tmp_path / "stopped", "--resume", run_dir / "checkpoint.pth.tar", epochs=2))
-    run_main(train_argv(shards, tmp_path / "straight", epochs=2))
-    same_training_state(checkpoint(tmp_path / "stopped"), checkpoint(tmp_path / "straight"))
+    same_training_state(*sigterm_mid_epoch_then_resume(shards, tmp_path))
 
 
 @pytest.mark.slow

@@ -155,6 +155,12 @@ def class_list(path: str, what: str) -> list[str]:
     sharded = sharded_split(path)
     if sharded is not None:
         return list(read_shard_index(*sharded)["classes"])
+    return sorted_subfolders(path, what)
+
+
+def sorted_subfolders(path: str, what: str) -> list[str]:
+    """The sub-folders of ``path``, sorted as ``ImageFolder`` sorts its classes; a missing folder or one without
+    sub-folders is a ``UserError`` beginning with ``what``."""
     if not os.path.isdir(path):
         raise UserError(f"{what} {path}: folder not found")
     names = sorted(entry.name for entry in os.scandir(path) if entry.is_dir())

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from .data import ShardImages, image_loader, sharded_split
+from .data import ShardImages, image_loader, sharded_split, sorted_subfolders
 from .errors import UserError
 
 SETS = ("val", "v2", "real", "a", "r", "sketch", "c")
@@ -46,15 +46,6 @@ C_SEVERITIES = ("1", "2", "3", "4", "5")
 
 def is_image(name: str) -> bool:
     return name.lower().endswith(IMG_EXTENSIONS)
-
-
-def _subfolders(root: str, what: str) -> list[str]:
-    if not os.path.isdir(root):
-        raise UserError(f"{what} folder not found: {root}")
-    names = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
-    if not names:
-        raise UserError(f"{root} has no class folders: expected {root}/<class>/<image>")
-    return names
 
 
 def _images_in(folder: str) -> list[str]:
@@ -105,7 +96,7 @@ def wnid_samples(root: str, classes: Sequence[str], what: str = "data") -> list[
     if sharded is not None:
         return ShardSamples(*sharded, classes, what)
     index = {name: i for i, name in enumerate(classes)}
-    folders = _subfolders(root, what)
+    folders = sorted_subfolders(root, what)
     unknown = [name for name in folders if name not in index]
     if unknown:
         raise _unknown_classes_error(what, root, unknown[0], classes)
@@ -118,7 +109,7 @@ def wnid_samples(root: str, classes: Sequence[str], what: str = "data") -> list[
 def v2_samples(root: str, num_classes: int) -> list[tuple[str, int]]:
     """ImageNet-V2: ``root/<class index>/<image>``; the label is the folder name read as an integer (``10`` is
     class 10, whatever the folders' string order)."""
-    folders = _subfolders(root, "ImageNet-V2")
+    folders = sorted_subfolders(root, "ImageNet-V2")
     unknown = [name for name in folders if not (name.isdigit() and int(name) < num_classes)]
     if unknown:
         raise UserError(f"ImageNet-V2 {root}: class folder {unknown[0]!r} is not among the model's {num_classes} "
@@ -133,8 +124,8 @@ def v2_samples(root: str, num_classes: int) -> list[tuple[str, int]]:
 def c_layout(root: str) -> dict[str, list[str]]:
     """ImageNet-C's ``root/<corruption>/<severity>/<wnid>/...``: the severities of each corruption."""
     layout = {}
-    for corruption in _subfolders(root, "ImageNet-C"):
-        severities = sorted((name for name in _subfolders(os.path.join(root, corruption), "ImageNet-C")),
+    for corruption in sorted_subfolders(root, "ImageNet-C"):
+        severities = sorted((name for name in sorted_subfolders(os.path.join(root, corruption), "ImageNet-C")),
                             key=lambda name: (not name.isdigit(), int(name) if name.isdigit() else 0, name))
         bad = [name for name in severities if name not in C_SEVERITIES]
         if bad:

@@ -16,7 +16,9 @@ several nodes:
 * a takeover first claims the lock it judged stale by creating ``run.lock.takeover.<that lock's token>.<n>``,
   which only one job can: of the jobs that judge a lock stale at the same moment one takes it over, the others
   are refused. A claim left by a job that died while taking over is passed over after ``CLAIM_STALE_S``;
-* a job removes the lock on release only while it still holds its token.
+* a job removes the lock on release only while it still holds its token;
+* a job whose lock another job took over (judged stale while this one was frozen, say) stops refreshing it and
+  saves nothing more (``check_held``): its checkpoints would overwrite the other job's.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from .errors import UserError
+from .errors import TrainingError, UserError
 
 LOCK = "run.lock"
 HEARTBEAT_S = 30.0
@@ -122,6 +124,7 @@ class RunLock:
         self._data = json.dumps(self.holder).encode()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.taken_by: dict[str, Any] | None = None  # the holder that took the lock over from this job
 
     def __enter__(self) -> RunLock:
         self.acquire()
@@ -146,6 +149,27 @@ class RunLock:
         self._stop.clear()
         self._thread = threading.Thread(target=self._beat, name="run-lock-heartbeat", daemon=True)
         self._thread.start()
+
+    def check_held(self) -> None:
+        """Raise ``TrainingError`` when another job has taken the lock over (an absent lock, removed by hand, is not
+        a reason to stop)."""
+        if self.taken_by is None:
+            with suppress(UserError):
+                self._note_takeover(self._read(self.path))
+        if self.taken_by is not None:
+            raise TrainingError(f"{self.run_dir} was taken over by another training job ({describe(self.taken_by)}) "
+                                "while this one held it: this job stops without saving, so as not to overwrite that "
+                                "job's checkpoints")
+
+    def _note_takeover(self, seen: _Seen | None) -> bool:
+        """Whether ``seen`` (the lock as read now) is another job's; the first time, remember and report it."""
+        if seen is None or seen.identity == self.token:
+            return False
+        if self.taken_by is None:
+            self.taken_by = seen.holder
+            self.report(f"=> warning: {self.path} now names another job ({describe(seen.holder)}): this job no "
+                        "longer holds the run folder and will save nothing more")
+        return True
 
     def release(self) -> None:
         """Stop the heartbeat and remove the lock if it still holds our token (a job that took it over keeps it)."""
@@ -303,8 +327,11 @@ class RunLock:
         return now - mtime
 
     def _beat(self) -> None:
+        """Refresh the lock's time while it is ours; a lock taken over by another job is left to it."""
         while not self._stop.wait(self.heartbeat_s):
             try:
+                if self._note_takeover(self._read(self.path)):
+                    return
                 os.utime(self.path)
-            except OSError:  # a removed lock: the next job's problem, not a reason to stop training
+            except (OSError, UserError):  # a removed lock: the next job's problem, not a reason to stop training
                 pass

@@ -155,7 +155,7 @@ def worker(ctx: distributed.Context, config: Config) -> dict[str, Any]:
         if config.evaluation.save_weights:
             return save_weights(run, state.model, checkpoint)
         del checkpoint  # its tensors are in the model and optimizer now (else ~0.5 GB per process for R101 + EMA)
-        return fit(run, state)
+        return fit(run, state, lock)
     finally:
         if lock is not None:
             lock.release()
@@ -346,9 +346,10 @@ def build_train_state(run: Run, checkpoint: LoadedCheckpoint | None) -> TrainSta
     return state
 
 
-def fit(run: Run, state: TrainState) -> dict[str, Any]:
+def fit(run: Run, state: TrainState, lock: RunLock | None = None) -> dict[str, Any]:
     """Train from ``state`` to ``--epochs``, validating and saving after every epoch; a stop request saves where
-    the run is. Returns the last epoch's figures."""
+    the run is; a run folder another job has taken over (``lock``, rank 0's) stops the job unsaved. Returns the last
+    epoch's figures."""
     ctx, spec, log, config = run.options.ctx, run.spec, run.log, run.config
     flatten_buffers(run.model)  # the non-finite guard then saves and restores them in one operation per dtype
     train_model = run.model
@@ -369,6 +370,8 @@ def fit(run: Run, state: TrainState) -> dict[str, Any]:
     def save(best: bool = False) -> None:
         rng_per_rank = capture_rng_per_process(ctx.device)  # every process takes part
         if ctx.is_main:
+            if lock is not None:
+                lock.check_held()
             save_checkpoint(state.to_checkpoint(spec, run.data.classes, config.recipe, rng_per_rank), spec.run_dir,
                             best=best)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from training.errors import UserError
+from training.errors import TrainingError, UserError
 from training.lock import LOCK, RunLock, job_id
 
 
@@ -74,6 +74,33 @@ def test_the_heartbeat_keeps_the_lock_fresh(tmp_path):
         os.utime(tmp_path / LOCK, (old, old))
         time.sleep(0.5)
         assert time.time() - os.path.getmtime(tmp_path / LOCK) < 5
+
+
+def test_a_job_whose_lock_was_taken_over_stops_refreshing_it_and_may_not_save(tmp_path):
+    """A holder frozen past the staleness limit, then taken over, wakes up: its heartbeat must not keep the new
+    holder's lock fresh (nor its own claim alive), and its next save is refused, naming the new holder."""
+    messages = []
+    with RunLock(str(tmp_path), "job-a", report=messages.append, heartbeat_s=0.05) as lock:
+        lock.check_held()  # ours: nothing to say
+        (tmp_path / LOCK).unlink()  # removed by hand: not a takeover
+        time.sleep(0.2)
+        lock.check_held()
+        write_lock(tmp_path, host="other-node", pid=4242, token="b" * 32)
+        old = time.time() - 1000
+        os.utime(tmp_path / LOCK, (old, old))
+        time.sleep(0.5)  # ten heartbeats
+        assert time.time() - os.path.getmtime(tmp_path / LOCK) > 900  # left as the other job wrote it
+        assert len(messages) == 1 and "host other-node, pid 4242" in messages[0]
+        with pytest.raises(TrainingError, match="taken over by another training job \\(host other-node, pid 4242"):
+            lock.check_held()
+    assert json.loads((tmp_path / LOCK).read_text())["token"] == "b" * 32  # release leaves it too
+
+
+def test_a_takeover_between_two_heartbeats_is_seen_at_the_next_save(tmp_path):
+    with RunLock(str(tmp_path), "job-a", heartbeat_s=3600) as lock:
+        write_lock(tmp_path, host="other-node", pid=4242, token="c" * 32)
+        with pytest.raises(TrainingError, match="host other-node"):
+            lock.check_held()
 
 
 def test_job_id_is_torchrun_rendezvous_id_or_the_launcher(monkeypatch):

@@ -98,10 +98,10 @@ def test_the_loaded_checkpoint_is_freed_before_training(fifteen_images, tmp_path
     alive_in_fit = []
     fit = run_phases.fit
 
-    def fit_watched(run, state):
+    def fit_watched(run, state, lock=None):
         gc.collect()
         alive_in_fit.append(watched[0]() is not None)
-        return fit(run, state)
+        return fit(run, state, lock)
 
     monkeypatch.setattr(run_phases, "find_checkpoint", find_watched)
     monkeypatch.setattr(run_phases, "fit", fit_watched)

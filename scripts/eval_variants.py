@@ -30,7 +30,7 @@ from tqdm import tqdm  # noqa: E402
 import networks  # noqa: E402
 from training import distributed, performance, run, variants  # noqa: E402
 from training.checkpoint import CheckpointOptions, load_weights  # noqa: E402
-from training.data import DataOptions, EvalShard, class_list  # noqa: E402
+from training.data import DataOptions, EvalShard, class_list, resized_notice  # noqa: E402
 from training.engine import LoopOptions, StepOptions, evaluate  # noqa: E402
 from training.errors import UserError, exit_status  # noqa: E402
 from training.evaluation import EvalOptions, evaluation_model  # noqa: E402
@@ -278,6 +278,10 @@ def evaluate_sets(ctx: distributed.Context, job: Job) -> dict[str, Any]:
         if getattr(options, name):
             samples[name] = variants.wnid_samples(getattr(options, name), needs_wnids(name, classes),
                                                   variants.SET_NAMES[name])
+    for name, images in samples.items():
+        notice = resized_notice(getattr(options, name), getattr(images, "resized", None))
+        if notice:
+            log.print(f"=> warning: {notice}")
     c_sets: dict[tuple[str, str], Any] = {}
     if options.c:
         for corruption, severities in variants.c_layout(options.c).items():
@@ -290,6 +294,8 @@ def evaluate_sets(ctx: distributed.Context, job: Job) -> dict[str, Any]:
         "checkpoint": checkpoint.path, "epoch": checkpoint.get("epoch"), "seed": checkpoint.get("seed"),
         "val_resize_size": resize, "val_crop_size": crop, "sets": {name: getattr(options, name)
                                                                      for name in options.sets},
+        "data_resized": {name: images.resized for name, images in samples.items()
+                         if getattr(images, "resized", None)} or None,
     }
     if "val" in samples and real_labels is not None:
         top5 = evaluator.predictions(samples["val"], "val + ReaL")

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import networks  # noqa: E402
 from scripts._cli import make_cli  # noqa: E402
 from training.errors import UserError  # noqa: E402
-from training.metrics import EVAL_JSON_KEYS  # noqa: E402
+from training.metrics import EVAL_JSON_KEYS, OPTIONAL_EVAL_JSON_KEYS  # noqa: E402
 
 ARCHS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnext50_32x4d", "mobilenet_v2"]
 ATTENTIONS = ["none", "se", "cbam", "eca", "srm", "simam"]
@@ -69,7 +69,7 @@ PAPER = {
 
 # every key of an evaluation but bad_images, which evaluations written before --skip-bad-images lack
 # Keys that evaluations written before them lack: bad_images, tta (then none) and weights (then the model's)
-REQUIRED_KEYS = tuple(key for key in EVAL_JSON_KEYS if key not in ("bad_images", "tta", "weights"))
+REQUIRED_KEYS = tuple(key for key in EVAL_JSON_KEYS if key not in OPTIONAL_EVAL_JSON_KEYS)
 CSV_COLUMNS = ["arch", "attention_type", "attention_param", "params_m", "gflops", "top1", "top5", "paper_top1",
                "paper_top5", "delta_top1", "delta_top5", "checkpoint", "n_images"]
 # The cost columns of a `scripts/benchmark.py --suite table` CSV joined by --benchmark: (column, markdown header)
@@ -164,7 +164,8 @@ def read_variants(data: dict, path: str) -> dict:
             "epoch": data.get("epoch"),
             "top1": val.get("top1"), "top5": val.get("top5"), "n_images": val.get("n_images"),
             "val_resize_size": data.get("val_resize_size"), "val_crop_size": data.get("val_crop_size"),
-            "tta": "none", "seed": data.get("seed"), "variants": found, "from_variants": True, "json": path}
+            "tta": "none", "seed": data.get("seed"), "variants": found, "from_variants": True, "json": path,
+            "data_resized": (data.get("data_resized") or {}).get("val")}
 
 
 def merge_by_checkpoint(evaluations: list[dict]) -> list[dict]:
@@ -180,7 +181,8 @@ def merge_by_checkpoint(evaluations: list[dict]) -> list[dict]:
         record["variants"].update(e.get("variants") or {})
         if e.get("from_variants"):
             if record.get("top1") is None and e.get("top1") is not None:
-                record.update({k: e[k] for k in ("top1", "top5", "n_images", "val_resize_size", "val_crop_size")})
+                record.update({k: e[k] for k in ("top1", "top5", "n_images", "val_resize_size", "val_crop_size",
+                                                 "data_resized")})
         elif record.get("from_variants") or _top1_key(e) > _top1_key(record):
             merged[key] = dict(e, variants=record["variants"])
     return list(merged.values())
@@ -382,7 +384,8 @@ def build_rows(archs: list[str], attentions: list[str], evaluations: list[dict])
             top1, top1_std, n = mean_std([e.get("top1") for e in runs.values()])
             top5, top5_std, _ = mean_std([e.get("top5") for e in runs.values()])
             tta = (best.get("tta") or "none") if best else "none"
-            comparable = tta == "none"  # the paper's single-crop protocol
+            resized = (best.get("data_resized") or best.get("trained_on_resized")) if best else None
+            comparable = tta == "none" and not resized  # the paper's single-crop protocol, on the original images
             final_runs = runs_of(candidates, "final")
             final_top1, final_top1_std, final_n = mean_std([e.get("top1") for e in final_runs.values()])
             row = {
@@ -427,6 +430,10 @@ def build_rows(archs: list[str], attentions: list[str], evaluations: list[dict])
                     notes.append(f"{name}: `{best['json']}` was evaluated with {tta} test-time augmentation (--tta "
                                  f"{tta}), not the paper's single-crop protocol: not comparable with the paper's "
                                  "numbers, so no Δ.")
+                if resized:
+                    notes.append(f"{name}: `{best['json']}` comes from images resized to a longer side of at most "
+                                 f"{resized.get('max_side')} px (scripts/make_shards.py --max-side), not the paper's "
+                                 "data: not comparable with the paper's numbers, so no Δ.")
                 if differs and best.get("top1") is not None:
                     notes.append(f"{name}: `{best['json']}` was not evaluated on the ImageNet validation protocol "
                                  f"({'; '.join(differs)}), so it is not comparable with the paper's numbers.")

@@ -13,7 +13,7 @@ import torch
 import main_imagenet
 import networks
 from scripts import make_results_table as table
-from training.metrics import EVAL_JSON_KEYS
+from training.metrics import EVAL_JSON_KEYS, OPTIONAL_EVAL_JSON_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,7 +80,7 @@ def test_reads_exactly_what_the_evaluation_writes(evaluation, tmp_path):
     for key in EVAL_JSON_KEYS:
         path = tmp_path / f"without_{key}.json"
         path.write_text(json.dumps({k: v for k, v in result.items() if k != key}))
-        if key in ("bad_images", "tta", "weights"):
+        if key in OPTIONAL_EVAL_JSON_KEYS:
             assert table.read_evaluation(str(path))["top1"] == result["top1"]
         else:
             with pytest.raises(table.NotAnEvaluation, match=f"missing keys {key}$"):
@@ -188,6 +188,17 @@ def test_a_flip_tta_evaluation_is_marked_not_comparable(evaluation, tmp_path):
     row = markdown_row((tmp_path / "t.md").read_text(), "ResNet-18", "SimAM")
     assert row["top1"] == f"{flipped['top1']:.2f} (flip TTA)" and row["delta_top1"] == row["delta_top5"] == "–"
     assert any("not the paper's single-crop protocol" in note for note in result["notes"])
+
+
+def test_an_evaluation_on_resized_shards_is_marked_not_comparable(evaluation, tmp_path):
+    for key in ("data_resized", "trained_on_resized"):
+        resized = dict(evaluation["result"], **{key: {"max_side": 256, "jpeg_quality": 90}})
+        (tmp_path / "r.json").write_text(json.dumps(resized))
+        result = make_table(tmp_path / "r.json", "-o", tmp_path / "t.md", "--archs", "resnet18", "--attentions",
+                            "simam")
+        row = markdown_row((tmp_path / "t.md").read_text(), "ResNet-18", "SimAM")
+        assert row["top1"] == f"{resized['top1']:.2f}" and row["delta_top1"] == row["delta_top5"] == "–", key
+        assert any("at most 256 px (scripts/make_shards.py --max-side)" in note for note in result["notes"]), key
 
 
 def test_an_evaluation_written_before_tta_and_weights_still_reads(evaluation, tmp_path):

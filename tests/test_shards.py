@@ -147,6 +147,48 @@ def test_make_shards_layout_and_a_second_run_skips_complete_shards(small, tmp_pa
         make_shards(str(folder), str(out), shard_size=5, progress=False)
 
 
+def test_max_side_stores_larger_images_resized_and_the_runs_say_so(tmp_path, capsys):
+    """--max-side 20: a 40x24 image is stored 20x12 (its pixels those of the original, shrunk), a 16x12 one as its
+    original bytes; the index and the settings record it, a rerun with other settings is refused, and training,
+    its checkpoint and -e's JSON say the data is not the paper's."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c, wnid in enumerate(("n01", "n02")):
+            for i, (w, h) in enumerate([(40, 24), (16, 12), (40, 24)]):
+                path = tmp_path / "folder" / split / wnid / f"{i}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                gradient = np.linspace(0, 255, w)[None, :, None] * np.ones((h, 1, 3)) * (0.5 + c / 2)
+                Image.fromarray(np.clip(gradient + rng.normal(0, 3, (h, w, 3)), 0, 255).astype(np.uint8)).save(path)
+    out = shard(tmp_path / "folder", tmp_path / "out", max_side=20)
+    index = json.loads((out / "train" / data.SHARD_INDEX).read_text())
+    assert index["resized"] == {"max_side": 20, "jpeg_quality": 90}
+    stored = data.ShardImages(str(out), "train")
+    for position, (path, _) in enumerate(data.image_folder(str(tmp_path / "folder"), "train", None).samples):
+        image = stored[position][0]
+        with Image.open(path) as original:
+            if original.size == (16, 12):
+                assert stored._wids()[position][".jpg"].getvalue() == open(path, "rb").read()
+                continue
+            assert image.size == (20, 12)
+            shrunk = np.asarray(original.convert("RGB").resize((20, 12), Image.Resampling.BOX), dtype=np.float32)
+        difference = np.abs(np.asarray(image, dtype=np.float32) - shrunk)
+        assert difference.mean() < 6  # JPEG and filter differences; mirrored, the gradient would differ by 65+
+    with pytest.raises(data.UserError, match="was written with other settings"):
+        shard(tmp_path / "folder", tmp_path / "out")
+    capsys.readouterr()
+    run_main(train_argv(out, tmp_path / "ckpt", epochs=1, batch=4))
+    assert "=> warning: " in capsys.readouterr().out
+    log = (tmp_path / "ckpt" / RUN / "log.txt").read_text()
+    assert "resized to a longer side of at most 20 px" in log and "not the paper's protocol" in log
+    assert checkpoint(tmp_path / "ckpt")["data_resized"] == {"max_side": 20, "jpeg_quality": 90}
+    evaluated = run_main([str(tmp_path / "folder"), "-e", "--resume", str(tmp_path / "ckpt" / RUN), "-j", "0",
+                          "--ckpt", str(tmp_path / "ckpt"), *TINY])
+    assert evaluated["data_resized"] is None and evaluated["trained_on_resized"]["max_side"] == 20
+
+
 def test_make_shards_names_a_bad_image_or_skips_it(small, tmp_path, capsys):
     folder = tmp_path / "folder"
     shutil.copytree(small[0], folder)

@@ -303,6 +303,7 @@ class ShardImages(Dataset):
         self.root, self.transform, self.pipeline = os.path.join(data, split), transform, pipeline
         self.index_path, self.shards = index["index_path"], index["shardlist"]
         self.classes = list(index["classes"])
+        self.resized = index.get("resized")  # {"max_side", "jpeg_quality"}: make_shards.py --max-side
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
         self.length = sum(shard["nsamples"] for shard in self.shards)
         self._dataset = None  # opened in each process that reads (DataLoader workers included)
@@ -564,6 +565,7 @@ class InputPipeline:
     train_loader: DataLoader | None
     val_loader: DataLoader
     classes: list[str]
+    resized: dict | None = None  # shards of images resized by make_shards.py --max-side: its settings
 
     def train_epoch(self, epoch: int, skip_batches: int = 0) -> DataLoader:
         """The training batches of ``epoch`` after its first ``skip_batches`` (a resumed epoch)."""
@@ -628,4 +630,13 @@ def build_data(options: DataOptions, world_size: int, rank: int, seed: int, batc
                                 **loader_options)
     else:
         val_loader = DataLoader(val_set, sampler=val_sampler, **loader_options)
-    return InputPipeline(train_loader, val_loader, list(val_set.classes))
+    return InputPipeline(train_loader, val_loader, list(val_set.classes), getattr(val_set, "resized", None))
+
+
+def resized_notice(data: str | None, resized: dict | None) -> str | None:
+    """The log's line for shards written with ``make_shards.py --max-side`` (``resized``: its settings; None for
+    any other data)."""
+    if not resized:
+        return None
+    return (f"{data} holds images resized to a longer side of at most {resized['max_side']} px and re-encoded as "
+            f"JPEG (quality {resized['jpeg_quality']}; scripts/make_shards.py --max-side): not the paper's protocol")

@@ -88,6 +88,8 @@ def evaluate_checkpoint(run: Run, checkpoint: LoadedCheckpoint | None) -> dict[s
         "params_m": run.cost.params_m if run.cost else None, "gflops": run.cost.gflops if run.cost else None,
         "val_resize_size": data.val_resize_size, "val_crop_size": data.val_crop_size, "data": data.data,
         "tta": options.tta, "weights": "ema" if options.eval_ema else "model",
+        # make_shards.py --max-side's settings, of the evaluated and of the training images: not the paper's protocol
+        "data_resized": run.data.resized, "trained_on_resized": checkpoint.get("data_resized") if checkpoint else None,
     }
     if run.log.enabled:
         n_val = len(run.data.val_loader.dataset)

@@ -23,7 +23,9 @@ EMA_TENSORBOARD_TAGS = {"val_loss_ema": "val_ema/loss", "val_top1_ema": "val_ema
 # The keys of the evaluation JSON that ``main_imagenet.py -e`` writes (``report_evaluation``)
 EVAL_JSON_KEYS = ("arch", "attention_type", "attention_param", "checkpoint", "epoch", "top1", "top5", "loss",
                   "n_images", "bad_images", "params_m", "gflops", "val_resize_size", "val_crop_size", "data",
-                  "tta", "weights")
+                  "tta", "weights", "data_resized", "trained_on_resized")
+OPTIONAL_EVAL_JSON_KEYS = ("bad_images", "tta", "weights", "data_resized", "trained_on_resized")  # added later:
+# evaluations written before them lack them
 
 
 def correct_counts(output: torch.Tensor, target: torch.Tensor, topk: tuple[int, ...] = (1, 5)) -> list[torch.Tensor]:

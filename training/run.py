@@ -35,7 +35,7 @@ from .checkpoint import (
     verify_manifest,
 )
 from .config import recipe_of, save_config
-from .data import DataOptions, InputPipeline, build_data
+from .data import DataOptions, InputPipeline, build_data, resized_notice
 from .ema import EmaOptions, build_ema
 from .engine import IntervalCheckpoints, LoopOptions, StepOptions, evaluate, train_one_epoch
 from .errors import UserError
@@ -299,6 +299,8 @@ def set_up(config: Config, spec: RunSpec, checkpoint: LoadedCheckpoint | None, c
         log.print(f"=> {spec.arch} + {spec.attention_name}, {len(data.classes)} classes: params {cost.params_m:.2f} M, "
                   f"FLOPs {cost.gflops:.2f} G at {crop} px | {ctx.world_size} process(es) on "
                   f"{ctx.device.type}, batch {batch_per_process} per process | run folder {spec.run_dir}")
+        if data.resized:
+            log.print(f"=> warning: {resized_notice(config.data.data, data.resized)}", to_file=True)
     if model_options.sync_bn and not config.evaluation.evaluate:  # same keys: its checkpoints load into plain models
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(ctx.device, memory_format=speed.memory_format)
@@ -372,8 +374,10 @@ def fit(run: Run, state: TrainState, lock: RunLock | None = None) -> dict[str, A
         if ctx.is_main:
             if lock is not None:
                 lock.check_held()
-            save_checkpoint(state.to_checkpoint(spec, run.data.classes, config.recipe, rng_per_rank), spec.run_dir,
-                            best=best)
+            content = state.to_checkpoint(spec, run.data.classes, config.recipe, rng_per_rank)
+            if run.data.resized:  # trained on make_shards.py --max-side's images: the results table says so
+                content["data_resized"] = run.data.resized
+            save_checkpoint(content, spec.run_dir, best=best)
 
     def save_inside_epoch() -> None:
         started = time.perf_counter()

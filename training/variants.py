@@ -71,6 +71,7 @@ class ShardSamples(Sequence):
     def __init__(self, data: str, split: str, classes: Sequence[str], what: str = "data") -> None:
         self.data, self.split = data, split
         images = ShardImages(data, split)
+        self.resized = images.resized  # make_shards.py --max-side's settings, or None
         index = {name: i for i, name in enumerate(classes)}
         unknown = [name for name in images.classes if name not in index]
         if unknown:

@@ -47,6 +47,30 @@ def test_accumulation_drops_the_incomplete_last_batch_instead_of_crashing(fiftee
     assert saved["iterations_per_epoch"] == 15 // batch and result["epoch"] == 0
 
 
+def test_under_accumulation_and_compile_every_step_runs_one_graph(fifteen_images, tmp_path, monkeypatch):
+    """-b 8 --accum-steps 2 on 15 images: with the 7-image tail (micro-batches of 4 and 3) the compiled training
+    model would capture a second graph for the odd size; whole batches keep it at one over two epochs."""
+    import functools
+
+    from training import evaluation, performance
+
+    graphs = []
+
+    def counting_backend(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    monkeypatch.setattr(run_phases, "compile_model",
+                        functools.partial(performance.compile_model, backend=counting_backend))
+    monkeypatch.setattr(evaluation, "compile_model", functools.partial(performance.compile_model, backend="eager"))
+    torch._dynamo.reset()
+    try:
+        run_main(train_argv(fifteen_images, tmp_path, "--compile", "--accum-steps", 2, batch=8, epochs=2))
+    finally:
+        torch._dynamo.reset()
+    assert len(graphs) == 1
+
+
 def test_a_micro_batch_of_one_image_is_a_one_line_error(fifteen_images, tmp_path):
     from training.errors import UserError
 

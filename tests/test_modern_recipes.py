@@ -17,6 +17,7 @@ import main_imagenet
 import networks
 from helpers import ROOT, direct_accuracy, train_argv
 from test_main_imagenet import run_main, same_training_state
+from training.errors import UserError
 
 RUN = "imagenet-resnet18-simam-param0.1-seed0"
 
@@ -155,7 +156,7 @@ def test_sync_bn_with_several_cpu_processes_is_a_one_line_error(three_class_data
     args = main_imagenet.get_args_parser().parse_args(train_argv(three_class_data, tmp_path, "--sync-bn"))
     config = main_imagenet.check_args(args)
     spec = run.resolve_run(config, None, Context(torch.device("cpu")))
-    with pytest.raises(main_imagenet.UserError, match="--sync-bn runs on GPUs only"):
+    with pytest.raises(UserError, match="--sync-bn runs on GPUs only"):
         run.set_up(config, spec, None, Context(torch.device("cpu"), rank=0, world_size=2))
 
 

@@ -278,10 +278,9 @@ def evaluate_sets(ctx: distributed.Context, job: Job) -> dict[str, Any]:
         if getattr(options, name):
             samples[name] = variants.wnid_samples(getattr(options, name), needs_wnids(name, classes),
                                                   variants.SET_NAMES[name])
-    for name, images in samples.items():
-        notice = resized_notice(getattr(options, name), getattr(images, "resized", None))
-        if notice:
-            log.print(f"=> warning: {notice}")
+    resized = {name: images.resized for name, images in samples.items() if getattr(images, "resized", None)}
+    for name, settings in resized.items():  # make_shards.py --max-side's shards
+        log.print(f"=> warning: {resized_notice(getattr(options, name), settings)}")
     c_sets: dict[tuple[str, str], Any] = {}
     if options.c:
         for corruption, severities in variants.c_layout(options.c).items():
@@ -294,8 +293,7 @@ def evaluate_sets(ctx: distributed.Context, job: Job) -> dict[str, Any]:
         "checkpoint": checkpoint.path, "epoch": checkpoint.get("epoch"), "seed": checkpoint.get("seed"),
         "val_resize_size": resize, "val_crop_size": crop, "sets": {name: getattr(options, name)
                                                                      for name in options.sets},
-        "data_resized": {name: images.resized for name, images in samples.items()
-                         if getattr(images, "resized", None)} or None,
+        "data_resized": resized or None,
     }
     if "val" in samples and real_labels is not None:
         top5 = evaluator.predictions(samples["val"], "val + ReaL")

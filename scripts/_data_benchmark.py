@@ -75,6 +75,15 @@ def one_pass(paths: list[str], loader, transform, seeded: bool) -> None:
         transform(loader(path))
 
 
+def transform_of(split: str, pipeline: str, crop: int, resize: int):
+    """The ``train`` or ``eval`` transform of ``pipeline``; None for the splits that time decoding or reading."""
+    if split == "train":
+        return presets.train_transform(crop, pipeline)
+    if split == "eval":
+        return presets.eval_transform(resize, crop, pipeline)
+    return None
+
+
 def run_data_suite(image_count: int = 200, image_size: tuple[int, int] = (500, 375), quality: int = 90,
                    crop: int = 224, resize: int = 256, repeats: int = 7, workdir: str | None = None) -> dict:
     """Median images/s of each pipeline and split over ``repeats`` interleaved rounds, and the speedups."""
@@ -87,9 +96,7 @@ def run_data_suite(image_count: int = 200, image_size: tuple[int, int] = (500, 3
             cases = {}
             for split in SPLITS:  # a split's pipelines side by side in every round
                 for pipeline in presets.PIPELINES:
-                    transform = (presets.train_transform(crop, pipeline) if split == "train" else
-                                 presets.eval_transform(resize, crop, pipeline) if split == "eval" else
-                                 lambda image: image)
+                    transform = transform_of(split, pipeline, crop, resize) or (lambda image: image)
                     cases[pipeline, split] = (data.image_loader(pipeline), transform, split == "train")
             for case in cases.values():  # warm-up: page cache, first calls
                 one_pass(paths[:10], *case)
@@ -134,17 +141,17 @@ def run_shards_suite(image_count: int = 200, image_size: tuple[int, int] = (500,
             make_shards(folder, shards, shard_size=shard_size, progress=False)
             count = per_class * classes
             order = torch.randperm(count, generator=torch.Generator().manual_seed(0)).tolist()
+            makers = {"folder": lambda pipeline, transform: data.image_folder(
+                          folder, "train", transform, data.image_loader(pipeline)),
+                      "shards": lambda pipeline, transform: data.shard_dataset(shards, "train", transform, pipeline)}
             cases = {}
             for pipeline in presets.PIPELINES:
                 for split in ("read", "train", "eval"):
-                    transform = (presets.train_transform(crop, pipeline) if split == "train" else
-                                 presets.eval_transform(resize, crop, pipeline) if split == "eval" else None)
-                    for source in ("folder", "shards"):
+                    transform = transform_of(split, pipeline, crop, resize)
+                    for source, make in makers.items():
                         if split == "read" and pipeline == "uint8":
                             continue  # the bytes are the same for both pipelines
-                        dataset = (data.image_folder(folder, "train", transform, data.image_loader(pipeline))
-                                   if source == "folder" else data.shard_dataset(shards, "train", transform, pipeline))
-                        cases[source, pipeline, split] = partial(_visit, dataset, order, split)
+                        cases[source, pipeline, split] = partial(_visit, make(pipeline, transform), order, split)
             for case in cases.values():  # warm-up: page cache, shards opened, first calls
                 case()
             seconds = alternate(cases, repeats)
@@ -156,13 +163,9 @@ def run_shards_suite(image_count: int = 200, image_size: tuple[int, int] = (500,
                     cold_note = f"not measured: cannot drop the page cache ({error})"
                 else:
                     cold_note = "each pass right after dropping the page cache, datasets made afresh"
-                    makers = {"folder": lambda pipeline, transform: data.image_folder(
-                                  folder, "train", transform, data.image_loader(pipeline)),
-                              "shards": lambda pipeline, transform: data.shard_dataset(
-                                  shards, "train", transform, pipeline)}
                     cold_cases = {}
                     for pipeline, split in (("pil", "read"), ("uint8", "train"), ("pil", "train")):
-                        transform = presets.train_transform(crop, pipeline) if split == "train" else None
+                        transform = transform_of(split, pipeline, crop, resize)
                         for source, make in makers.items():
                             cold_cases[source, pipeline, split] = partial(
                                 _cold_pass, partial(make, pipeline, transform), order, split)
